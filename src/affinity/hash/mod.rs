@@ -1,0 +1,1 @@
+//! Consistent hashing of session keys over a pool's eligible backends.

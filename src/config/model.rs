@@ -1,0 +1,212 @@
+//! The validated, typed configuration: what the rest of tether reads.
+//!
+//! Nothing here is a string that still needs parsing: addresses are `SocketAddr`,
+//! durations are `Duration`, choices are enums carrying their data. A `Snapshot`
+//! is built once per load by `config::load` and then shared read-only behind an
+//! `ArcSwap`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// One whole, validated configuration file.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The file this snapshot came from (for messages and reloads).
+    pub source: PathBuf,
+    pub admin: Admin,
+    pub server: Server,
+    pub store: Store,
+    /// Pools in file order; names are unique.
+    pub pools: Vec<Pool>,
+    /// Listeners in file order; names and binds are unique.
+    pub listeners: Vec<Listener>,
+}
+
+impl Snapshot {
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| &*p.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// Bearer token read from `token_file`, trimmed. `None`: mutating calls are open.
+    pub token: Option<Arc<str>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub shutdown_grace: Duration,
+    pub upgrade_grace: Duration,
+    /// Whole-process connection cap (all listeners together).
+    pub max_connections: usize,
+    /// Peers whose `X-Forwarded-For` / PROXY header is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Worker threads of the proxy runtime; 0 means one per core.
+    pub threads: usize,
+}
+
+impl Server {
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub kind: StoreKind,
+    pub session_ttl: Duration,
+    pub max_sessions: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    /// In-process map; persisted to `path` when set.
+    Embedded { path: Option<PathBuf> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashKind {
+    Maglev,
+    Ketama,
+    Rendezvous,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnBackendDown {
+    Migrate,
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failback {
+    Stay,
+    Return,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub name: Arc<str>,
+    pub hash: HashKind,
+    /// `Some(c)`: no backend above `c` x the mean of live sessions (c > 1.0).
+    pub bounded_load: Option<f64>,
+    pub on_backend_down: OnBackendDown,
+    pub failback: Failback,
+    pub drain_timeout: Duration,
+    pub timeouts: PoolTimeouts,
+    pub health: Health,
+    /// In file order; ids are unique within the pool.
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PoolTimeouts {
+    pub connect: Duration,
+    pub response_header: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub kind: HealthKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum HealthKind {
+    None,
+    Tcp,
+    Http { path: String, expect_status: Vec<u16> },
+}
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// The backend's identity: sessions are stored against it.
+    pub id: Arc<str>,
+    pub addr: SocketAddr,
+    /// >= 1 (pingora's ketama panics on 0).
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: Arc<str>,
+    pub bind: SocketAddr,
+    pub protocol: Protocol,
+    pub pool: Arc<str>,
+    pub max_connections: usize,
+    pub timeouts: ListenerTimeouts,
+    /// Largest request header block accepted; bigger ones get 431.
+    pub max_header_bytes: usize,
+    pub affinity: Affinity,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerTimeouts {
+    /// Whole request header must arrive within this (slowloris guard).
+    pub client_header: Duration,
+    /// Quiet connections (keepalive waits, WebSockets) are closed after this.
+    pub idle: Duration,
+    /// How long an idle keepalive connection waits for its next request.
+    pub keepalive: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Affinity {
+    pub key: Key,
+    pub fallback: Fallback,
+}
+
+#[derive(Debug, Clone)]
+pub enum Key {
+    Cookie(CookieKey),
+    Header { name: http::HeaderName },
+    Query { name: String },
+    SourceIp(IpMask),
+}
+
+#[derive(Debug, Clone)]
+pub struct CookieKey {
+    pub name: String,
+    /// `Some`: tether issues its own signed cookie; `None`: the app's cookie is used as is.
+    pub insert: Option<CookieInsert>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CookieInsert {
+    pub max_age: Duration,
+    /// HMAC secret read from `secret_file`; `None`: generated once and kept in the store.
+    pub secret: Option<Vec<u8>>,
+}
+
+/// How much of a client address forms its key (whole networks can share one backend).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpMask {
+    pub ipv4: u8,
+    pub ipv6: u8,
+}
+
+impl Default for IpMask {
+    fn default() -> Self {
+        IpMask { ipv4: 32, ipv6: 128 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    SourceIp,
+    Random,
+    Reject,
+}

@@ -1,0 +1,16 @@
+//! tether: a sticky-session L4/L7 reverse proxy.
+//!
+//! Data flows: `config` turns `proxy.yaml` into a typed `Snapshot`; `runtime`
+//! binds the listeners and owns the accept loops; each HTTP connection is served
+//! by pingora's proxy with `l7::Router` deciding the backend through `affinity`
+//! (key extraction, consistent hashing) and `store` (where each session lives);
+//! `admin` serves the API and `metrics`.
+
+pub mod admin;
+pub mod affinity;
+pub mod config;
+pub mod l7;
+pub mod metrics;
+pub mod pool;
+pub mod runtime;
+pub mod store;

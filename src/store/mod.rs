@@ -1,0 +1,176 @@
+//! The affinity store: where each session (pool, key) lives.
+//!
+//! The router asks a [`PoolStore`] (one per pool, handed out by [`Store::pool`]) for a
+//! key's owner on every request. A hit must cost no I/O and no allocation, so the
+//! hot path is the synchronous [`PoolStore::lookup`]; everything that decides or
+//! changes ownership (`insert_if_absent`, `compare_and_set`, `delete`) is async so a
+//! shared store (Redis) can implement it with round trips. The embedded store
+//! (`memory`) keeps everything in a dashmap and optionally persists it to a file.
+
+pub mod memory;
+mod persist;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Why a session left its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MoveReason {
+    Down,
+    Drain,
+    Removed,
+    Failback,
+}
+
+impl MoveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MoveReason::Down => "down",
+            MoveReason::Drain => "drain",
+            MoveReason::Removed => "removed",
+            MoveReason::Failback => "failback",
+        }
+    }
+}
+
+/// The session record of the spec: `(pool, key) -> { backend, since, last_seen, moved_from, move_reason }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub backend: Arc<str>,
+    /// Unix milliseconds when this owner was recorded.
+    pub since: u64,
+    /// Unix milliseconds of the last request or connection seen for the key.
+    pub last_seen: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_from: Option<Arc<str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub move_reason: Option<MoveReason>,
+}
+
+impl Session {
+    pub fn new(backend: Arc<str>) -> Self {
+        let now = now_ms();
+        Session {
+            backend,
+            since: now,
+            last_seen: now,
+            moved_from: None,
+            move_reason: None,
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store file {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store file {path} line {line}: {message}")]
+    Corrupt {
+        path: String,
+        line: usize,
+        message: String,
+    },
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Counts live connections/requests of one session; while any is alive the
+/// session is never idle (so never expired or evicted).
+#[derive(Debug)]
+pub struct LiveGuard(Arc<AtomicU32>);
+
+impl LiveGuard {
+    pub fn new(counter: Arc<AtomicU32>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        LiveGuard(counter)
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a cached lookup gives the router.
+#[derive(Debug)]
+pub struct Hit {
+    pub backend: Arc<str>,
+    /// Set while the first request after a move has not been forwarded yet.
+    pub moved: Option<(Arc<str>, MoveReason)>,
+    pub live: Arc<AtomicU32>,
+}
+
+/// A whole store: sessions of every pool, plus store-wide values (the cookie secret).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The handle the router keeps for one pool. Calling it twice with one name
+    /// gives handles on the same sessions.
+    fn pool(&self, name: &str) -> Arc<dyn PoolStore>;
+
+    /// The cookie-signing secret shared by every instance using this store;
+    /// created (random, 32 bytes) on first use.
+    async fn cookie_secret(&self) -> Result<Vec<u8>, StoreError>;
+
+    /// Write everything still buffered (graceful shutdown).
+    async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Short name for metrics and logs (`embedded`, `redis`).
+    fn kind(&self) -> &'static str;
+}
+
+/// Sessions of one pool.
+#[async_trait]
+pub trait PoolStore: Send + Sync + 'static {
+    /// Hot path: the key's owner if known locally, refreshing `last_seen`.
+    /// No I/O, no allocation.
+    fn lookup(&self, key: &str) -> Option<Hit>;
+
+    /// The full record (admin API).
+    async fn get(&self, key: &str) -> Result<Option<Session>, StoreError>;
+
+    /// Record `key -> backend` unless the key already has an owner; either way
+    /// return the owner that won (a racing instance may have won).
+    async fn insert_if_absent(&self, key: &str, backend: Arc<str>) -> Result<Hit, StoreError>;
+
+    /// Replace the record only if its current owner is `expected`. Returns whether it did.
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &str,
+        new: Session,
+    ) -> Result<bool, StoreError>;
+
+    /// Clear `moved_from`/`move_reason` if still set for owner `backend`.
+    /// Returns true for exactly one caller after a move.
+    async fn take_moved(&self, key: &str, backend: &str) -> Result<bool, StoreError>;
+
+    /// Forget the key. Returns whether it existed.
+    async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Number of sessions owned by `backend` (bounded load, metrics, admin).
+    fn sessions_of(&self, backend: &str) -> u64;
+
+    /// Total sessions of this pool.
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
