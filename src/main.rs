@@ -1,1 +1,85 @@
-fn main(){}
+//! The `tether` command: argument parsing, logging, then `tether::runtime::run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "tether", version, about = "Sticky-session L4/L7 reverse proxy")]
+struct Cli {
+    /// Configuration file.
+    #[arg(short, long, global = true, default_value = "proxy.yaml")]
+    config: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// Start as the successor of a running tether (zero-downtime upgrade).
+    #[arg(long)]
+    upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and exit.
+    Check,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn init_logs(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    // pingora logs through `log`; route it into tracing.
+    let _ = tracing_log::LogTracer::init();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn,pingora=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check) => match tether::config::load(&cli.config) {
+            Ok(snap) => {
+                println!("{}", tether::config::summary(&snap));
+                ExitCode::SUCCESS
+            }
+            Err(errs) => {
+                eprintln!("{errs}");
+                ExitCode::FAILURE
+            }
+        },
+        None => {
+            init_logs(cli.log_format);
+            if cli.upgrade {
+                tracing::error!("--upgrade (zero-downtime binary upgrade) is not implemented yet");
+                return ExitCode::from(2);
+            }
+            let snap = match tether::config::load(&cli.config) {
+                Ok(s) => s,
+                Err(errs) => {
+                    eprintln!("{errs}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match tether::runtime::run(cli.config, snap) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{:#}", anyhow::Error::from(e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

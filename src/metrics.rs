@@ -1,1 +1,207 @@
-//! TODO
+//! Prometheus metrics (prefix `tether_`), names as in the spec.
+//!
+//! Everything lives in one [`Metrics`] registry created at start. Hot paths do
+//! not look labels up per request: [`StatusCounters`] resolves a
+//! `(listener, pool, backend)` counter per status code once, and other
+//! per-listener/per-pool handles are resolved when the runtime is built.
+//! Gauges that mirror state owned elsewhere (sessions per backend) are set
+//! just before each scrape.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests_total: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub connections_active: IntGaugeVec,
+    pub connections_refused: IntCounterVec,
+    pub upstream_connections_active: IntGaugeVec,
+    pub backend_up: IntGaugeVec,
+    pub sessions: IntGaugeVec,
+    pub affinity_lookups: IntCounterVec,
+    pub session_moves: IntCounterVec,
+    pub health_checks: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub store_up: IntGaugeVec,
+    pub store_operations: IntCounterVec,
+    pub sessions_evicted: IntCounterVec,
+    pub sessions_expired: IntCounterVec,
+    pub bytes_total: IntCounterVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help).namespace("tether"), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    // Names are static and unique: registration cannot fail.
+    let _ = r.register(Box::new(v.clone()));
+    v
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let v = IntGaugeVec::new(Opts::new(name, help).namespace("tether"), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(v.clone()));
+    v
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Request duration, first byte in to last byte out",
+            )
+            .namespace("tether")
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["listener", "pool"],
+        )
+        .unwrap_or_else(|e| panic!("metric request_duration_seconds: {e}"));
+        let _ = r.register(Box::new(request_duration.clone()));
+        Metrics {
+            requests_total: counter(
+                &r,
+                "requests_total",
+                "Requests answered",
+                &["listener", "pool", "backend", "status"],
+            ),
+            request_duration,
+            connections_active: gauge(
+                &r,
+                "connections_active",
+                "Open client connections",
+                &["listener"],
+            ),
+            connections_refused: counter(
+                &r,
+                "connections_refused_total",
+                "Client connections closed at accept (limits)",
+                &["listener"],
+            ),
+            upstream_connections_active: gauge(
+                &r,
+                "upstream_connections_active",
+                "Requests and tunnels in flight to a backend",
+                &["pool", "backend"],
+            ),
+            backend_up: gauge(
+                &r,
+                "backend_up",
+                "1 if the backend is up",
+                &["pool", "backend"],
+            ),
+            sessions: gauge(
+                &r,
+                "sessions",
+                "Sessions pinned to a backend",
+                &["pool", "backend"],
+            ),
+            affinity_lookups: counter(
+                &r,
+                "affinity_lookups_total",
+                "Affinity decisions",
+                &["pool", "result"],
+            ),
+            session_moves: counter(
+                &r,
+                "session_moves_total",
+                "Sessions re-pinned",
+                &["pool", "from", "to", "reason"],
+            ),
+            health_checks: counter(
+                &r,
+                "health_checks_total",
+                "Health check results",
+                &["pool", "backend", "result"],
+            ),
+            config_reloads: counter(
+                &r,
+                "config_reloads_total",
+                "Configuration reloads",
+                &["result"],
+            ),
+            store_up: gauge(
+                &r,
+                "store_up",
+                "1 if the affinity store is reachable",
+                &["store"],
+            ),
+            store_operations: counter(
+                &r,
+                "store_operations_total",
+                "Affinity store operations",
+                &["store", "op", "result"],
+            ),
+            sessions_evicted: counter(
+                &r,
+                "sessions_evicted_total",
+                "Idle sessions evicted by max_sessions",
+                &["store"],
+            ),
+            sessions_expired: counter(
+                &r,
+                "sessions_expired_total",
+                "Idle sessions expired by session_ttl",
+                &["store"],
+            ),
+            bytes_total: counter(
+                &r,
+                "bytes_total",
+                "Body bytes proxied",
+                &["listener", "direction"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `requests_total` handles for one (listener, pool, backend), one per status code,
+/// resolved on first use so the per-request cost is an index and an atomic add.
+pub struct StatusCounters {
+    vec: IntCounterVec,
+    labels: [String; 3],
+    by_status: Box<[OnceLock<IntCounter>]>,
+}
+
+impl StatusCounters {
+    pub fn new(vec: &IntCounterVec, listener: &str, pool: &str, backend: &str) -> Self {
+        StatusCounters {
+            vec: vec.clone(),
+            labels: [listener.to_owned(), pool.to_owned(), backend.to_owned()],
+            by_status: (100..600).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    pub fn inc(&self, status: u16) {
+        let slot = status.clamp(100, 599) as usize - 100;
+        self.by_status[slot]
+            .get_or_init(|| {
+                let s = status.to_string();
+                let [l, p, b] = &self.labels;
+                self.vec.with_label_values(&[l.as_str(), p, b, &s])
+            })
+            .inc();
+    }
+}

@@ -1,1 +1,340 @@
-//! TODO
+//! The process: binds the listeners, owns the accept loops, and runs the
+//! lifecycle (ready, SIGHUP, SIGTERM drain, exit).
+//!
+//! tether owns its accept loops instead of pingora's `Server`: it enforces
+//! `max_connections` per listener and per process (a full listener stops
+//! accepting, so clients wait in the kernel backlog as with HAProxy), wraps
+//! each connection in `l7::conn::ConnStream` (header deadline and size cap),
+//! and exits as soon as the last connection is gone after SIGTERM instead of
+//! sleeping through pingora's fixed grace period.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
+use pingora::proxy::{http_proxy, HttpProxy};
+use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{watch, Notify, Semaphore};
+
+use crate::admin::{AdminApp, AdminState};
+use crate::affinity::cookie::CookieSigner;
+use crate::config::{self, Key, Snapshot};
+use crate::l7::conn::{ConnInfo, ConnStream, HeaderLimits};
+use crate::l7::listener::ListenerRt;
+use crate::l7::router::Router;
+use crate::metrics::Metrics;
+use crate::pool::PoolRt;
+use crate::store::memory::MemoryStore;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("affinity store: {0}")]
+    Store(#[from] StoreError),
+    #[error("listener {name}: cannot bind {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("signal handling: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+/// Run the proxy on `snap` (loaded from `path`) until SIGTERM/SIGINT.
+pub fn run(path: PathBuf, snap: Snapshot) -> Result<(), RunError> {
+    raise_nofile_limit();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if snap.server.threads > 0 {
+        rt.worker_threads(snap.server.threads);
+    }
+    let rt = rt.enable_all().build().map_err(RunError::Runtime)?;
+    let res = rt.block_on(serve(path, snap));
+    // Connections still open after the grace period are dropped here.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    res
+}
+
+/// Raise the soft open-files limit to the hard limit: each connection costs two fds.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised open-files limit"),
+            Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not read the open-files limit"),
+    }
+}
+
+/// Counts live client connections so shutdown can finish the moment none is left.
+#[derive(Default)]
+struct Tracker {
+    live: AtomicUsize,
+    idle: Notify,
+}
+
+struct TrackGuard(Arc<Tracker>);
+
+impl Tracker {
+    fn enter(self: &Arc<Self>) -> TrackGuard {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        TrackGuard(self.clone())
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.live.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for TrackGuard {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    let err = |source| RunError::Bind { name: name.to_owned(), addr, source };
+    let sock = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    sock.set_reuseaddr(true).map_err(err)?;
+    sock.bind(addr).map_err(err)?;
+    sock.listen(4096).map_err(err)
+}
+
+async fn serve(path: PathBuf, snap: Snapshot) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new());
+    let memory = MemoryStore::open(&snap.store)?;
+    let store: Arc<dyn Store> = memory.clone();
+    metrics.store_up.with_label_values(&[store.kind()]).set(1);
+
+    let pools: Vec<Arc<PoolRt>> = snap
+        .pools
+        .iter()
+        .map(|p| Arc::new(PoolRt::new(p.clone(), store.pool(&p.name), metrics.clone())))
+        .collect();
+
+    let mut conf = ServerConf::default();
+    conf.threads = snap.server.threads.max(1);
+    let conf = Arc::new(conf);
+
+    let mut http = Vec::new();
+    for l in &snap.listeners {
+        let Some(pool) = pools.iter().find(|p| p.cfg.name == l.pool) else { continue };
+        let signer = match &l.affinity.key {
+            Key::Cookie(c) => match &c.insert {
+                Some(ins) => Some(CookieSigner::new(&match &ins.secret {
+                    Some(s) => s.clone(),
+                    None => store.cookie_secret().await?,
+                })),
+                None => None,
+            },
+            _ => None,
+        };
+        let rt = Arc::new(ListenerRt::new(l.clone(), pool.clone(), signer, snap.server.trusted_proxies.clone(), &metrics));
+        let socket = bind(&l.name, l.bind)?;
+        http.push((rt, socket));
+    }
+    let admin_socket = bind("admin", snap.admin.listen)?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tracker = Arc::new(Tracker::default());
+    let process_limit = Arc::new(Semaphore::new(snap.server.max_connections));
+    let mut proxies = Vec::new();
+    let mut loops = Vec::new();
+    for (l, socket) in http {
+        let proxy = Arc::new(http_proxy(&conf, Router { listener: l.clone() }));
+        proxies.push(proxy.clone());
+        log_bound(&l.cfg.name, &socket);
+        loops.push(tokio::spawn(accept_http(
+            socket,
+            l,
+            proxy,
+            process_limit.clone(),
+            tracker.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    let admin = Arc::new(AdminApp {
+        state: Arc::new(AdminState {
+            pools: pools.clone(),
+            metrics: metrics.clone(),
+            token: snap.admin.token.clone(),
+            stopping: Default::default(),
+        }),
+    });
+    log_bound("admin", &admin_socket);
+    loops.push(tokio::spawn(accept_admin(admin_socket, admin.clone(), stop_rx.clone())));
+    tracing::info!(config = %path.display(), "tether ready");
+
+    wait_for_stop(&path, &metrics).await?;
+
+    tracing::info!(grace = ?snap.server.shutdown_grace, "shutting down: no new connections");
+    admin.state.stopping.store(true, Ordering::Release);
+    let _ = stop_tx.send(true);
+    for l in &loops {
+        l.abort();
+    }
+    // Wake keepalive connections parked between requests so they close now.
+    for p in &proxies {
+        p.http_cleanup().await;
+    }
+    if tokio::time::timeout(snap.server.shutdown_grace, tracker.wait_idle()).await.is_err() {
+        tracing::warn!(
+            open = tracker.live.load(Ordering::Acquire),
+            "shutdown grace over: closing what is still open"
+        );
+    }
+    if let Err(e) = store.flush().await {
+        tracing::error!(error = %e, "flushing the affinity store");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn log_bound(name: &str, socket: &TcpListener) {
+    match socket.local_addr() {
+        Ok(addr) => tracing::info!(listener = name, addr = %addr, "listening"),
+        Err(e) => tracing::warn!(listener = name, error = %e, "listening (address unknown)"),
+    }
+}
+
+/// SIGHUP re-validates the file (live apply arrives with the reload work);
+/// SIGTERM or SIGINT returns.
+async fn wait_for_stop(path: &PathBuf, metrics: &Metrics) -> Result<(), RunError> {
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => match config::load(path) {
+                Ok(s) => {
+                    metrics.config_reloads.with_label_values(&["ok"]).inc();
+                    tracing::info!(summary = %config::summary(&s), "SIGHUP: configuration is valid (not applied: live reload is not implemented yet)");
+                }
+                Err(errs) => {
+                    metrics.config_reloads.with_label_values(&["error"]).inc();
+                    tracing::error!("SIGHUP: configuration rejected, keeping the running one:\n{errs}");
+                }
+            },
+        }
+    }
+}
+
+async fn accept_http(
+    socket: TcpListener,
+    l: Arc<ListenerRt>,
+    proxy: Arc<HttpProxy<Router>>,
+    process_limit: Arc<Semaphore>,
+    tracker: Arc<Tracker>,
+    stop: ShutdownWatch,
+) {
+    let listener_limit = Arc::new(Semaphore::new(l.cfg.max_connections));
+    loop {
+        // Take both permits before accepting: a full proxy leaves clients in the backlog.
+        let (Ok(p1), Ok(p2)) = (
+            process_limit.clone().acquire_owned().await,
+            listener_limit.clone().acquire_owned().await,
+        ) else {
+            return;
+        };
+        let (tcp, peer) = match socket.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(listener = %l.cfg.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let guard = tracker.enter();
+        let (l, proxy, stop) = (l.clone(), proxy.clone(), stop.clone());
+        tokio::spawn(async move {
+            l.connections.inc();
+            serve_http(tcp, peer, &l, &proxy, &stop).await;
+            l.connections.dec();
+            drop((p1, p2, guard));
+        });
+    }
+}
+
+fn pingora_stream(tcp: TcpStream, peer: SocketAddr) -> L4Stream {
+    let _ = tcp.set_nodelay(true);
+    let fd = tcp.as_raw_fd();
+    let mut s: L4Stream = tcp.into();
+    let digest = SocketDigest::from_raw_fd(fd);
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    s.set_socket_digest(digest);
+    s
+}
+
+/// One HTTP/1.1 client connection: requests in turn until it closes.
+async fn serve_http(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    l: &ListenerRt,
+    proxy: &Arc<HttpProxy<Router>>,
+    stop: &ShutdownWatch,
+) {
+    let limits = HeaderLimits { max_bytes: l.cfg.max_header_bytes, timeout: l.cfg.timeouts.client_header };
+    let stream: Stream = Box::new(ConnStream::new(
+        Box::new(pingora_stream(tcp, peer)),
+        limits,
+        Arc::new(ConnInfo::default()),
+    ));
+    let keepalive = l.cfg.timeouts.keepalive.as_secs().max(1);
+    let mut session = ServerSession::new_http1(stream);
+    session.set_keepalive(if *stop.borrow() { None } else { Some(keepalive) });
+    let mut result = proxy.process_new_http(session, stop).await;
+    while let Some((stream, settings)) = result.map(|r| r.consume()) {
+        let mut session = ServerSession::new_http1(stream);
+        if let Some(s) = settings {
+            s.apply_to_session(&mut session);
+        }
+        if *stop.borrow() {
+            session.set_keepalive(None);
+        }
+        result = proxy.process_new_http(session, stop).await;
+    }
+}
+
+async fn accept_admin(socket: TcpListener, app: Arc<AdminApp>, stop: ShutdownWatch) {
+    loop {
+        let (tcp, peer) = match socket.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(listener = "admin", error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (app, stop) = (app.clone(), stop.clone());
+        tokio::spawn(async move {
+            app.process_new(Box::new(pingora_stream(tcp, peer)), &stop).await;
+        });
+    }
+}
+

@@ -1,3 +1,6 @@
-//! Affinity: turning a request into a session key, and a key into a backend.
+//! Affinity: turning a request into a session key (`key`, `cookie`) and a key
+//! into a backend (`hash`).
 
+pub mod cookie;
 pub mod hash;
+pub mod key;

@@ -123,7 +123,10 @@ pub struct Health {
 pub enum HealthKind {
     None,
     Tcp,
-    Http { path: String, expect_status: Vec<u16> },
+    Http {
+        path: String,
+        expect_status: Vec<u16>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -200,7 +203,10 @@ pub struct IpMask {
 
 impl Default for IpMask {
     fn default() -> Self {
-        IpMask { ipv4: 32, ipv6: 128 }
+        IpMask {
+            ipv4: 32,
+            ipv6: 128,
+        }
     }
 }
 

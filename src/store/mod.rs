@@ -10,6 +10,8 @@
 pub mod memory;
 mod persist;
 
+pub use memory::MemoryStore;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -133,6 +135,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Short name for metrics and logs (`embedded`, `redis`).
     fn kind(&self) -> &'static str;
+
+    /// Store-wide counters for metrics; stores that keep none report zeros.
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
+}
+
+/// Counters a store exports to the metrics module.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Sessions of every pool.
+    pub sessions: u64,
+    /// Idle sessions dropped to stay under `max_sessions`.
+    pub evictions: u64,
+    /// Sessions dropped after `session_ttl` without traffic.
+    pub expirations: u64,
 }
 
 /// Sessions of one pool.

@@ -1,1 +1,344 @@
-//! TODO
+//! Persistence of the embedded store: file format, loading, and the journal handle.
+//!
+//! On disk a store at `PATH` is two files of JSON lines (one [`Line`] each):
+//! - `PATH` is the snapshot: a header, the cookie secret, then one `put` per session.
+//!   It is only ever replaced whole (written to `PATH.tmp`, fsynced, renamed), so it is
+//!   never torn.
+//! - `PATH.log` is the append-only log: a header, then `put`/`del`/`touch` lines in
+//!   the order the changes were made in memory. A crash can leave its last line torn.
+//!
+//! Both headers carry a generation. Compaction writes snapshot `g+1` and then a fresh
+//! log `g+1`; a log whose generation is older than the snapshot's is left over from a
+//! crash between those two renames and is ignored (the snapshot already holds it).
+//!
+//! Data flows one way: the memory store queues each change on a [`Journal`] (a
+//! channel; no file I/O on the request path) while still holding the key's shard
+//! lock, so the log order matches the map order; the writer thread (`writer.rs`)
+//! appends, fsyncs at least twice a second and compacts from the live maps
+//! ([`SnapshotSource`]). [`load`] replays snapshot + log at open.
+
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::thread::JoinHandle;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::{Session, StoreError};
+
+pub(crate) use writer::start;
+
+const FORMAT: &str = "tether-affinity";
+const VERSION: u32 = 1;
+
+/// One line of the snapshot or the log.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub(crate) enum Line<'a> {
+    Header {
+        format: Cow<'a, str>,
+        version: u32,
+        gen: u64,
+    },
+    /// The cookie secret, base64.
+    Secret {
+        secret: String,
+    },
+    Put {
+        pool: Arc<str>,
+        key: Cow<'a, str>,
+        session: Cow<'a, Session>,
+    },
+    Del {
+        pool: Arc<str>,
+        key: Cow<'a, str>,
+    },
+    /// A newer `last_seen` (written at most every ttl/10 per session).
+    Touch {
+        pool: Arc<str>,
+        key: Cow<'a, str>,
+        last_seen: u64,
+    },
+}
+
+/// Called with each session's pool, key and record while writing a snapshot.
+pub(crate) type Visit<'a> = dyn FnMut(&Arc<str>, &str, &Session) -> io::Result<()> + 'a;
+
+/// What the writer needs from the memory store to write a snapshot.
+pub(crate) trait SnapshotSource: Send + Sync {
+    fn secret(&self) -> [u8; 32];
+    fn session_count(&self) -> usize;
+    /// Calls `f` for every session, stopping at the first error.
+    fn each_session(&self, f: &mut Visit) -> io::Result<()>;
+}
+
+pub(crate) enum Msg {
+    Line(Line<'static>),
+    Flush(tokio::sync::oneshot::Sender<Result<(), StoreError>>),
+    Compact(tokio::sync::oneshot::Sender<Result<(), StoreError>>),
+    Close,
+}
+
+/// The sending side of the writer thread; cheap, never blocks, never touches a file.
+pub(crate) struct Journal {
+    tx: mpsc::Sender<Msg>,
+    thread: OnceLock<JoinHandle<()>>,
+}
+
+/// A new journal and the receiver to hand to [`start`] once the store exists.
+pub(crate) fn channel() -> (Journal, mpsc::Receiver<Msg>) {
+    let (tx, rx) = mpsc::channel();
+    let journal = Journal {
+        tx,
+        thread: OnceLock::new(),
+    };
+    (journal, rx)
+}
+
+impl Journal {
+    pub(crate) fn attach(&self, thread: JoinHandle<()>) {
+        // Only `open` attaches, once; a second handle would just not be joined.
+        let _ = self.thread.set(thread);
+    }
+
+    fn send(&self, line: Line<'static>) {
+        // Fails only when the writer thread is gone (it panicked); the change is
+        // still in memory and `flush` reports the writer as unavailable.
+        let _ = self.tx.send(Msg::Line(line));
+    }
+
+    pub(crate) fn put(&self, pool: &Arc<str>, key: &str, session: Session) {
+        self.send(Line::Put {
+            pool: pool.clone(),
+            key: Cow::Owned(key.to_owned()),
+            session: Cow::Owned(session),
+        });
+    }
+
+    pub(crate) fn del(&self, pool: &Arc<str>, key: &str) {
+        self.send(Line::Del {
+            pool: pool.clone(),
+            key: Cow::Owned(key.to_owned()),
+        });
+    }
+
+    pub(crate) fn touch(&self, pool: &Arc<str>, key: &str, last_seen: u64) {
+        self.send(Line::Touch {
+            pool: pool.clone(),
+            key: Cow::Owned(key.to_owned()),
+            last_seen,
+        });
+    }
+
+    /// Everything queued before this call is written and fsynced.
+    pub(crate) async fn flush(&self) -> Result<(), StoreError> {
+        self.request(Msg::Flush).await
+    }
+
+    /// Rewrite the snapshot from memory and start a fresh log.
+    pub(crate) async fn compact(&self) -> Result<(), StoreError> {
+        self.request(Msg::Compact).await
+    }
+
+    async fn request(
+        &self,
+        msg: fn(tokio::sync::oneshot::Sender<Result<(), StoreError>>) -> Msg,
+    ) -> Result<(), StoreError> {
+        let gone = || StoreError::Unavailable("store writer thread stopped".into());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx.send(msg(tx)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // Let the writer finish what is queued and fsync before the store is gone,
+        // so a reopen right after sees everything. The writer itself can drop the
+        // last store reference (while compacting); it must not join itself.
+        let _ = self.tx.send(Msg::Close);
+        if let Some(thread) = self.thread.take() {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// The sessions found on disk, already without expired ones.
+#[derive(Default)]
+pub(crate) struct Loaded {
+    /// Generation of the files read (0 for a new store).
+    pub gen: u64,
+    pub secret: Option<[u8; 32]>,
+    pub pools: HashMap<Arc<str>, HashMap<Box<str>, Session>>,
+}
+
+pub(crate) fn log_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".log")
+}
+
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+pub(crate) fn io_error(path: &Path, source: io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn corrupt(path: &Path, line: usize, message: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        path: path.display().to_string(),
+        line,
+        message: message.into(),
+    }
+}
+
+pub(crate) fn encode_secret(secret: &[u8; 32]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(secret)
+}
+
+/// Read snapshot + log at `path`, dropping sessions idle for longer than `ttl_ms` at `now`.
+pub(crate) fn load(path: &Path, ttl_ms: u64, now: u64) -> Result<Loaded, StoreError> {
+    let mut loaded = Loaded::default();
+    let snap_gen = replay(path, false, &mut loaded, &|_| Ok(true))?;
+    let log = log_path(path);
+    let log_gen = replay(&log, true, &mut loaded, &|gen| match snap_gen {
+        Some(snap) if gen < snap => {
+            tracing::info!(path = %log.display(), gen, snap, "ignoring log older than snapshot");
+            Ok(false)
+        }
+        Some(snap) if gen > snap => Err(corrupt(&log, 1, "log is newer than the snapshot")),
+        _ => Ok(true),
+    })?;
+    loaded.gen = snap_gen.max(log_gen).unwrap_or(0);
+    let cutoff = now.saturating_sub(ttl_ms);
+    for sessions in loaded.pools.values_mut() {
+        sessions.retain(|_, s| s.last_seen >= cutoff);
+    }
+    loaded.pools.retain(|_, sessions| !sessions.is_empty());
+    Ok(loaded)
+}
+
+/// Apply one file's lines to `loaded`; returns its generation (None: no such file).
+/// `accept` sees the header's generation and says whether to apply the rest.
+/// With `torn_ok`, an unreadable last line (a write cut short by a crash) is skipped.
+fn replay(
+    path: &Path,
+    torn_ok: bool,
+    loaded: &mut Loaded,
+    accept: &dyn Fn(u64) -> Result<bool, StoreError>,
+) -> Result<Option<u64>, StoreError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(path, e)),
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let (mut buf, mut lineno, mut gen) = (Vec::new(), 0usize, None);
+    // A line that did not parse; fatal unless nothing but whitespace follows it.
+    let mut bad: Option<(usize, String)> = None;
+    loop {
+        buf.clear();
+        if reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| io_error(path, e))?
+            == 0
+        {
+            break;
+        }
+        lineno += 1;
+        let text = buf.trim_ascii();
+        if text.is_empty() {
+            continue;
+        }
+        if let Some((line, message)) = bad.take() {
+            return Err(corrupt(path, line, message));
+        }
+        let line = match serde_json::from_slice::<Line>(text) {
+            Ok(line) => line,
+            Err(e) => {
+                bad = Some((lineno, e.to_string()));
+                continue;
+            }
+        };
+        match (line, gen) {
+            (
+                Line::Header {
+                    format,
+                    version,
+                    gen: g,
+                },
+                None,
+            ) => {
+                if format != FORMAT || version != VERSION {
+                    let msg = format!("unsupported format {format} version {version}");
+                    return Err(corrupt(path, lineno, msg));
+                }
+                gen = Some(g);
+                if !accept(g)? {
+                    return Ok(gen);
+                }
+            }
+            (_, None) => return Err(corrupt(path, lineno, "missing header")),
+            (line, Some(_)) => apply(loaded, line).map_err(|m| corrupt(path, lineno, m))?,
+        }
+    }
+    if let Some((line, message)) = bad {
+        if !torn_ok || gen.is_none() {
+            return Err(corrupt(path, line, message));
+        }
+        tracing::warn!(path = %path.display(), line, error = %message, "ignoring torn last line");
+    }
+    Ok(gen)
+}
+
+fn apply(loaded: &mut Loaded, line: Line) -> Result<(), String> {
+    match line {
+        Line::Header { .. } => return Err("unexpected second header".into()),
+        Line::Secret { secret } => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(secret)
+                .map_err(|e| format!("bad secret: {e}"))?;
+            let secret = <[u8; 32]>::try_from(bytes.as_slice())
+                .map_err(|_| format!("secret has {} bytes, want 32", bytes.len()))?;
+            loaded.secret = Some(secret);
+        }
+        Line::Put { pool, key, session } => {
+            let sessions = loaded.pools.entry(pool).or_default();
+            sessions.insert(key.into_owned().into_boxed_str(), session.into_owned());
+        }
+        Line::Del { pool, key } => {
+            if let Some(sessions) = loaded.pools.get_mut(&pool) {
+                sessions.remove(key.as_ref());
+            }
+        }
+        Line::Touch {
+            pool,
+            key,
+            last_seen,
+        } => {
+            let session = loaded
+                .pools
+                .get_mut(&pool)
+                .and_then(|s| s.get_mut(key.as_ref()));
+            if let Some(session) = session {
+                session.last_seen = session.last_seen.max(last_seen);
+            }
+        }
+    }
+    Ok(())
+}

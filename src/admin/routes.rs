@@ -1,0 +1,90 @@
+//! `/api/pools...` routes.
+
+use http::{Method, Response, StatusCode};
+use percent_encoding::percent_decode_str;
+use serde_json::json;
+
+use super::{error, json, AdminState};
+use crate::pool::PoolRt;
+
+pub(super) async fn api(
+    state: &AdminState,
+    method: &Method,
+    path: &str,
+    _body: &[u8],
+) -> Response<Vec<u8>> {
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match (method, parts.as_slice()) {
+        (&Method::GET, ["api", "pools"]) => json(StatusCode::OK, pools(state)),
+        (m, ["api", "pools", pool, "sessions", key]) => {
+            let Some(pool) = state.pools.iter().find(|p| &*p.cfg.name == *pool) else {
+                return error(StatusCode::NOT_FOUND, format!("no pool {pool}"));
+            };
+            let Ok(key) = percent_decode_str(key).decode_utf8() else {
+                return error(StatusCode::BAD_REQUEST, "session key is not valid UTF-8");
+            };
+            session(pool, m, &key).await
+        }
+        (_, ["api", "pools", ..]) | (_, ["api", "ping"]) | (_, ["metrics"]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} not allowed on {path}"),
+        ),
+        _ => error(StatusCode::NOT_FOUND, format!("no route {path}")),
+    }
+}
+
+fn pools(state: &AdminState) -> serde_json::Value {
+    let pools: Vec<_> = state
+        .pools
+        .iter()
+        .map(|p| {
+            let backends: Vec<_> = p
+                .backends
+                .iter()
+                .map(|b| {
+                    json!({
+                        "id": &*b.id,
+                        "addr": b.addr.to_string(),
+                        "weight": b.weight,
+                        "state": b.health().as_str(),
+                        "sessions": p.store.sessions_of(&b.id),
+                        "live_connections": b.upstream_active.get(),
+                    })
+                })
+                .collect();
+            json!({ "name": &*p.cfg.name, "sessions": p.store.len(), "backends": backends })
+        })
+        .collect();
+    json!({ "pools": pools })
+}
+
+async fn session(pool: &PoolRt, method: &Method, key: &str) -> Response<Vec<u8>> {
+    match *method {
+        Method::GET => match pool.store.get(key).await {
+            Ok(Some(s)) => json(
+                StatusCode::OK,
+                json!({ "pool": &*pool.cfg.name, "key": key, "session": s }),
+            ),
+            Ok(None) => error(
+                StatusCode::NOT_FOUND,
+                format!("no session {key} in pool {}", pool.cfg.name),
+            ),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        },
+        Method::DELETE => match pool.store.delete(key).await {
+            Ok(true) => Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Vec::new())
+                .unwrap_or_default(),
+            Ok(false) => error(
+                StatusCode::NOT_FOUND,
+                format!("no session {key} in pool {}", pool.cfg.name),
+            ),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        },
+        _ => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} not allowed on sessions"),
+        ),
+    }
+}

@@ -1,0 +1,254 @@
+//! The raw, serde-shaped sections of `proxy.yaml` and their defaults.
+//!
+//! Every struct denies unknown keys. Fields stay close to the text (durations
+//! and addresses are [`Scalar`]s) so the converters in `build`/`listener` can
+//! report every bad value with its own key path; choices with a fixed set of
+//! spellings are serde enums, so their message lists the accepted ones.
+//! Absent optional keys take the defaults below.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use super::values::Scalar;
+
+// --- defaults --------------------------------------------------------------
+/// `admin.listen`: loopback only, the admin API is not for the open network.
+pub(crate) const ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// `server.shutdown_grace`: SIGTERM waits this long for live connections.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// `server.upgrade_grace`: after `--upgrade` the old process keeps its connections this long.
+pub(crate) const UPGRADE_GRACE: Duration = Duration::from_secs(10 * 60);
+/// `server.max_connections`: whole process.
+pub(crate) const SERVER_MAX_CONNECTIONS: usize = 50_000;
+// `server.trusted_proxies`: none (empty list).
+/// `server.threads`: 0 = one worker thread per core.
+pub(crate) const THREADS: usize = 0;
+/// `server.threads` upper bound (a typo guard).
+pub(crate) const MAX_THREADS: usize = 1024;
+// `store.kind`: embedded; `store.path`: none (memory only).
+/// `store.session_ttl`: idle sessions expire after this.
+pub(crate) const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
+/// `store.max_sessions`.
+pub(crate) const MAX_SESSIONS: usize = 1_000_000;
+// `pools.*.hash`: maglev; `bounded_load`: none; `on_backend_down`: migrate;
+// `failback`: stay.
+/// `pools.*.drain_timeout`.
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// `pools.*.timeouts.connect`.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// `pools.*.timeouts.response_header`.
+pub(crate) const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+// `pools.*.health`: absent = kind none (every backend counts as up). When the
+// section is given, `kind` defaults to http and the values below apply.
+/// `pools.*.health.path` (kind http).
+pub(crate) const HEALTH_PATH: &str = "/healthz";
+/// `pools.*.health.expect_status` (kind http).
+pub(crate) const HEALTH_EXPECT_STATUS: u16 = 200;
+/// `pools.*.health.interval`.
+pub(crate) const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// `pools.*.health.timeout` (must not exceed the interval).
+pub(crate) const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
+/// `pools.*.health.rise`: consecutive passes before a backend is up.
+pub(crate) const HEALTH_RISE: u32 = 2;
+/// `pools.*.health.fall`: consecutive failures before a backend is down.
+pub(crate) const HEALTH_FALL: u32 = 2;
+/// `pools.*.backends[*].weight`.
+pub(crate) const WEIGHT: u32 = 1;
+// `listeners[*].protocol`: http (the only one accepted for now).
+/// `listeners[*].max_connections` (at most `server.max_connections`).
+pub(crate) const LISTENER_MAX_CONNECTIONS: usize = 20_000;
+/// `listeners[*].max_header_bytes`: larger request headers get 431.
+pub(crate) const MAX_HEADER_BYTES: usize = 65_536;
+/// `listeners[*].max_header_bytes` lower bound.
+pub(crate) const MIN_HEADER_BYTES: usize = 1024;
+/// `listeners[*].timeouts.client_header`: slowloris guard.
+pub(crate) const CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `listeners[*].timeouts.idle`: quiet connections and WebSockets.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// `listeners[*].timeouts.keepalive`: wait for the next request on a kept-alive connection.
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+// `listeners[*].affinity.fallback`: source_ip. `affinity.key` has no default.
+// Cookie insert: `max_age` defaults to `store.session_ttl` (a cookie should not
+// outlive its session); `secret_file` absent = secret generated once and kept
+// in the store. Secrets and tokens are trimmed of surrounding whitespace.
+/// Shortest accepted cookie secret, in bytes.
+pub(crate) const MIN_SECRET_BYTES: usize = 16;
+// `source_ip` masks: 32 (IPv4) and 128 (IPv6), i.e. one key per address.
+
+/// The top-level keys.
+pub(crate) const TOP_KEYS: &[&str] = &["admin", "server", "store", "pools", "listeners"];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub listen: Option<Scalar>,
+    pub token_file: Option<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub shutdown_grace: Option<Scalar>,
+    pub upgrade_grace: Option<Scalar>,
+    pub max_connections: Option<usize>,
+    pub trusted_proxies: Option<Vec<Scalar>>,
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    pub kind: Option<RawStoreKind>,
+    pub path: Option<Scalar>,
+    pub session_ttl: Option<Scalar>,
+    pub max_sessions: Option<usize>,
+    /// Accepted so the spec's spelling is recognised; rejected until redis exists.
+    pub redis: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawStoreKind {
+    Embedded,
+    Redis,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPool {
+    pub hash: Option<RawHash>,
+    pub bounded_load: Option<f64>,
+    pub on_backend_down: Option<RawOnBackendDown>,
+    pub failback: Option<RawFailback>,
+    pub drain_timeout: Option<Scalar>,
+    pub timeouts: Option<RawPoolTimeouts>,
+    pub health: Option<RawHealth>,
+    /// Each backend is deserialized on its own (see `build`).
+    pub backends: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawHash {
+    Maglev,
+    Ketama,
+    Rendezvous,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawOnBackendDown {
+    Migrate,
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawFailback {
+    Stay,
+    Return,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPoolTimeouts {
+    pub connect: Option<Scalar>,
+    pub response_header: Option<Scalar>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub kind: Option<RawHealthKind>,
+    pub path: Option<String>,
+    /// Wide integers so out-of-range codes get our message, not serde's.
+    pub expect_status: Option<Vec<i64>>,
+    pub interval: Option<Scalar>,
+    pub timeout: Option<Scalar>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawHealthKind {
+    Http,
+    Tcp,
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBackend {
+    pub id: Scalar,
+    pub addr: Scalar,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListener {
+    pub name: Scalar,
+    pub bind: Scalar,
+    pub protocol: Option<RawProtocol>,
+    pub pool: Scalar,
+    pub max_connections: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub timeouts: Option<RawListenerTimeouts>,
+    /// Recognised so the spec's spelling gets a clear "not supported yet".
+    pub proxy_protocol: Option<Scalar>,
+    pub affinity: RawAffinity,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawProtocol {
+    Http,
+    Https,
+    Tcp,
+    Tls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListenerTimeouts {
+    pub client_header: Option<Scalar>,
+    pub idle: Option<Scalar>,
+    pub keepalive: Option<Scalar>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAffinity {
+    /// `source_ip` or a one-entry mapping; converted by hand in `listener`.
+    pub key: Value,
+    pub fallback: Option<RawFallback>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawFallback {
+    SourceIp,
+    Random,
+    Reject,
+}
+
+/// `key: { cookie: { ... } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCookie {
+    pub name: Scalar,
+    pub insert: Option<bool>,
+    pub max_age: Option<Scalar>,
+    pub secret_file: Option<Scalar>,
+}
+
+/// `key: { source_ip: { ... } }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSourceIp {
+    pub ipv4_mask: Option<u8>,
+    pub ipv6_mask: Option<u8>,
+}

@@ -1,0 +1,200 @@
+//! Scalar conversions shared by every section: durations (`500ms`, `1s`, `10m`,
+//! `24h`), `ip:port` addresses, CIDRs, identifiers, cookie/query names, and
+//! files read at load time. Each converter records its own error and answers
+//! `None`, so the caller can go on and find the next problem.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+
+use super::error::Report;
+use super::locate::KeyPath;
+
+/// Any YAML scalar (string, number or bool) as its text, so `id: 7` or
+/// `interval: 5` reach our own converters and get our own messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Scalar(pub String);
+
+impl Scalar {
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a plain value (string or number)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Scalar, E> {
+                Ok(Scalar(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Whether zero is an acceptable duration for a key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Zero {
+    /// Grace periods: zero means "at once".
+    Allowed,
+    /// Timeouts, intervals, lifetimes: zero would never work.
+    Rejected,
+}
+
+/// `raw` as a duration, or `default` when absent.
+pub(crate) fn duration(
+    r: &mut Report,
+    path: &KeyPath,
+    raw: Option<&Scalar>,
+    default: Duration,
+    zero: Zero,
+) -> Duration {
+    let Some(raw) = raw else { return default };
+    match humantime::parse_duration(raw.as_str().trim()) {
+        Ok(d) if d.is_zero() && zero == Zero::Rejected => {
+            r.err(path, "must be greater than zero");
+            default
+        }
+        Ok(d) => d,
+        Err(e) => {
+            r.err(
+                path,
+                format!(
+                    "invalid duration `{}` ({e}): write a number and a unit, like 500ms, 1s, 10m, 24h",
+                    raw.as_str()
+                ),
+            );
+            default
+        }
+    }
+}
+
+/// A literal `ip:port` socket address.
+pub(crate) fn socket_addr(r: &mut Report, path: &KeyPath, raw: &Scalar) -> Option<SocketAddr> {
+    let text = raw.as_str().trim();
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    let message = if let Ok(ip) = text.parse::<IpAddr>() {
+        match ip {
+            IpAddr::V4(_) => format!("`{text}` has no port: write ip:port, like {text}:8080"),
+            IpAddr::V6(_) => {
+                format!("`{text}` has no port: IPv6 addresses are written [ip]:port, like [{text}]:8080")
+            }
+        }
+    } else if let Some((host, port)) = text.rsplit_once(':') {
+        if port.parse::<u16>().is_err() {
+            format!("`{text}` has an invalid port `{port}` (must be 0-65535)")
+        } else {
+            format!(
+                "`{text}` is not an ip:port address: `{host}` is not an IP address \
+                 (host names are not supported yet; write e.g. 127.0.0.1:{port})"
+            )
+        }
+    } else {
+        format!("`{text}` is not an ip:port address (like 127.0.0.1:8080 or [::1]:8080)")
+    };
+    r.err(path, message);
+    None
+}
+
+/// A CIDR (`10.0.0.0/8`, `fd00::/8`); a bare address means just that host.
+pub(crate) fn cidr(r: &mut Report, path: &KeyPath, raw: &Scalar) -> Option<IpNet> {
+    let text = raw.as_str().trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Some(net);
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(IpNet::from(ip));
+    }
+    r.err(
+        path,
+        format!("`{text}` is not a CIDR or IP address (like 10.0.0.0/8 or 192.0.2.7)"),
+    );
+    None
+}
+
+/// Pool, backend and listener ids appear in headers and metric labels: they
+/// must be non-empty `[A-Za-z0-9._-]+`. Answers the problem, if any.
+pub(crate) fn id_problem(what: &str, id: &str) -> Option<String> {
+    let ok = !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    (!ok).then(|| format!("{what} `{id}` must be non-empty and use only A-Z a-z 0-9 . _ -"))
+}
+
+/// An HTTP token (RFC 9110), as cookie names must be.
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// `raw` resolved against the config file's directory.
+pub(crate) fn resolve(r: &Report, raw: &Scalar) -> PathBuf {
+    let p = Path::new(raw.as_str());
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        r.base_dir.join(p)
+    }
+}
+
+/// Reads a file named by the config (`token_file`, `secret_file`), trimmed of
+/// surrounding whitespace; a missing, unreadable or empty file is an error.
+pub(crate) fn read_secret_file(r: &mut Report, path: &KeyPath, raw: &Scalar) -> Option<Vec<u8>> {
+    let key = path.last_key();
+    let file = resolve(r, raw);
+    match std::fs::read(&file) {
+        Ok(bytes) => {
+            let trimmed = bytes.trim_ascii();
+            if trimmed.is_empty() {
+                r.err(path, format!("{key} `{}` is empty", file.display()));
+                None
+            } else {
+                Some(trimmed.to_vec())
+            }
+        }
+        Err(e) => {
+            r.err(path, format!("cannot read {key} `{}`: {e}", file.display()));
+            None
+        }
+    }
+}
+
+/// A mapping key as text (`1` and `true` are keys too in YAML).
+pub(crate) fn key_text(v: &serde_yaml::Value) -> String {
+    use serde_yaml::Value;
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "null".to_owned(),
+        _ => "<complex key>".to_owned(),
+    }
+}

@@ -1,0 +1,411 @@
+//! The pingora `ProxyHttp` implementation: per request, find the session key,
+//! route it through the pool, rewrite headers (spec rule 7) and account.
+//!
+//! Order of work per request: `early_request_filter` (connection timeouts),
+//! `request_filter` (hygiene, key, routing decision; tether's own answers such
+//! as 400/503 end here), `upstream_peer` (connect to the decided backend),
+//! `upstream_request_filter` (X-Tether-*, X-Forwarded-*), `response_filter`
+//! (affinity cookie), `logging` (metrics, re-arming the header guard).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::ErrorType;
+
+use super::conn::{ConnInfo, ConnStream};
+use super::listener::ListenerRt;
+use crate::affinity::key::{self, IpKey};
+use crate::config::{Fallback, Key};
+use crate::pool::{BackendRt, Decision};
+use crate::store::{LiveGuard, MoveReason};
+
+pub struct Router {
+    pub listener: Arc<ListenerRt>,
+}
+
+#[derive(Default)]
+pub struct Ctx {
+    conn: Option<Arc<ConnInfo>>,
+    start: Option<Instant>,
+    /// `X-Tether-Session` value (the session key), when the request has one.
+    session: Option<HeaderValue>,
+    backend: Option<(usize, Arc<BackendRt>)>,
+    _live: Option<LiveGuard>,
+    moved: Option<(Arc<str>, MoveReason)>,
+    set_cookie: Option<String>,
+    client_ip: Option<IpAddr>,
+    upgrade: bool,
+    upstream_counted: bool,
+}
+
+const SELF_ANSWER: &str = "tether";
+
+fn now_secs() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+/// Answer the request ourselves with an empty body.
+async fn answer(
+    session: &mut Session,
+    status: u16,
+    extra: &[(&'static str, &'static str)],
+) -> Result<bool> {
+    let mut resp = ResponseHeader::build(status, Some(2 + extra.len()))?;
+    resp.insert_header(header::CONTENT_LENGTH, "0")?;
+    resp.insert_header(header::SERVER, SELF_ANSWER)?;
+    for (k, v) in extra {
+        resp.insert_header(*k, *v)?;
+    }
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(resp), true).await?;
+    Ok(true)
+}
+
+impl Router {
+    /// The client's address: the peer, or the first untrusted hop of
+    /// `X-Forwarded-For` when the peer is a trusted proxy.
+    fn client_ip(&self, req: &RequestHeader, peer: Option<IpAddr>) -> Option<IpAddr> {
+        let peer = peer?;
+        if !self.listener.is_trusted(peer) {
+            return Some(peer);
+        }
+        let mut last = peer;
+        for v in req.headers.get_all("x-forwarded-for").iter().rev() {
+            let Ok(s) = v.to_str() else { break };
+            for hop in s.rsplit(',') {
+                match hop.trim().parse::<IpAddr>() {
+                    Ok(ip) if self.listener.is_trusted(ip) => last = ip,
+                    Ok(ip) => return Some(ip),
+                    Err(_) => return Some(last),
+                }
+            }
+        }
+        Some(last)
+    }
+
+    /// Remove what clients must not send upstream: `X-Tether-*` and non-WebSocket upgrades.
+    fn sanitize(req: &mut RequestHeader) -> bool {
+        let strip: Vec<_> = req
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-tether-"))
+            .cloned()
+            .collect();
+        for k in strip {
+            req.remove_header(&k);
+        }
+        let Some(up) = req.headers.get(header::UPGRADE) else {
+            return false;
+        };
+        if up.as_bytes().eq_ignore_ascii_case(b"websocket") {
+            return true;
+        }
+        // Only WebSocket is tunnelled: any other upgrade (h2c...) is served as plain HTTP/1.1.
+        req.remove_header(&header::UPGRADE);
+        req.remove_header(&header::CONNECTION);
+        req.remove_header("http2-settings");
+        false
+    }
+
+    /// Find the key and decide the backend. `Ok(true)`: answered already.
+    async fn decide(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let l = &self.listener;
+        let req = session.req_header();
+        let mut key: Option<&str> = None;
+        let ipkey;
+        match &l.cfg.affinity.key {
+            Key::Cookie(c) => match (&c.insert, &l.signer) {
+                (Some(ins), Some(signer)) => {
+                    let now = now_secs();
+                    let max_age = ins.max_age.as_secs().min(u64::from(u32::MAX)) as u32;
+                    match key::cookie(&req.headers, &c.name).and_then(|v| signer.verify(v)) {
+                        Some(v) => {
+                            key = Some(v.id);
+                            if now.saturating_sub(v.issued) >= max_age / 2 {
+                                ctx.set_cookie = Some(signer.sign(v.id, now));
+                            }
+                        }
+                        None => {
+                            let value =
+                                signer.new_id().map(|id| signer.sign(&id, now)).ok_or_else(
+                                    || Error::explain(ErrorType::InternalError, "no randomness"),
+                                )?;
+                            ctx.set_cookie = Some(value);
+                        }
+                    }
+                }
+                _ => key = key::cookie(&req.headers, &c.name),
+            },
+            Key::Header { name } => key = key::header(&req.headers, name),
+            Key::Query { name } => key = key::query(req.uri.query(), name),
+            Key::SourceIp(mask) => {
+                if let Some(ip) = ctx.client_ip {
+                    ipkey = IpKey::new(ip, *mask);
+                    key = Some(ipkey.as_str());
+                }
+            }
+        }
+        let new_id;
+        if let Some(v) = &ctx.set_cookie {
+            if key.is_none() {
+                new_id = v[..22].to_owned();
+                key = Some(&new_id);
+            }
+        }
+        let fallback_key;
+        if key.is_none() {
+            match l.cfg.affinity.fallback {
+                Fallback::Reject => return answer(session, 400, &[]).await,
+                Fallback::Random => {
+                    return self.apply(session, ctx, l.pool.route_random()).await;
+                }
+                Fallback::SourceIp => {
+                    if let Some(ip) = ctx.client_ip {
+                        fallback_key = IpKey::new(ip, Default::default());
+                        key = Some(fallback_key.as_str());
+                    }
+                }
+            }
+        }
+        let Some(key) = key else {
+            return answer(session, 400, &[]).await;
+        };
+        ctx.session = HeaderValue::from_bytes(key.as_bytes()).ok();
+        let decision = match l.pool.route(key).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(pool = %l.pool.cfg.name, error = %e, "affinity store failed");
+                return answer(session, 503, &[("retry-after", "1")]).await;
+            }
+        };
+        self.apply(session, ctx, decision).await
+    }
+
+    async fn apply(&self, session: &mut Session, ctx: &mut Ctx, d: Decision) -> Result<bool> {
+        match d {
+            Decision::NoBackend => answer(session, 503, &[("retry-after", "1")]).await,
+            Decision::Backend {
+                backend,
+                live,
+                moved,
+            } => {
+                let idx = self
+                    .listener
+                    .pool
+                    .backends
+                    .iter()
+                    .position(|b| Arc::ptr_eq(b, &backend))
+                    .unwrap_or(0);
+                ctx.backend = Some((idx, backend));
+                ctx._live = live;
+                ctx.moved = moved;
+                Ok(false)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Router {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Some(Instant::now()),
+            ..Default::default()
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let idle = Some(self.listener.cfg.timeouts.idle);
+        let down = session.as_downstream_mut();
+        // pingora's 60 s default read timeout would cut every quiet WebSocket.
+        down.set_read_timeout(idle);
+        down.set_write_timeout(idle);
+        ctx.conn = down
+            .stream()
+            .and_then(|s| s.as_any().downcast_ref::<ConnStream>())
+            .map(|c| c.info().clone());
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        // Request smuggling guard (RFC 9112 6.1): both framings at once is an attack or a bug.
+        if req.headers.contains_key(header::TRANSFER_ENCODING)
+            && req.headers.contains_key(header::CONTENT_LENGTH)
+        {
+            return answer(session, 400, &[]).await;
+        }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.client_ip = self.client_ip(session.req_header(), peer);
+        ctx.upgrade = Self::sanitize(session.req_header_mut());
+        self.decide(session, ctx).await
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some((_, b)) = &ctx.backend else {
+            return Error::e_explain(ErrorType::InternalError, "no backend decided");
+        };
+        let t = &self.listener.pool.cfg.timeouts;
+        let mut peer = HttpPeer::new(b.addr, false, String::new());
+        peer.options.connection_timeout = Some(t.connect);
+        // A WebSocket may be quiet for long; a plain request must answer in time.
+        peer.options.read_timeout = Some(if ctx.upgrade {
+            self.listener.cfg.timeouts.idle
+        } else {
+            t.response_header
+        });
+        peer.options.write_timeout = Some(self.listener.cfg.timeouts.idle);
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some((_, b)), false) = (&ctx.backend, ctx.upstream_counted) {
+            b.upstream_active.inc();
+            ctx.upstream_counted = true;
+        }
+        Ok(())
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(v) = &ctx.session {
+            up.insert_header("x-tether-session", v.clone())?;
+        }
+        if let Some((from, reason)) = &ctx.moved {
+            up.insert_header("x-tether-moved-from", &**from)?;
+            up.insert_header("x-tether-move-reason", reason.as_str())?;
+        }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(peer) = peer {
+            let trusted = self.listener.is_trusted(peer);
+            let prior = up
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .filter(|_| trusted);
+            let xff = match prior {
+                Some(p) => format!("{p}, {peer}"),
+                None => peer.to_string(),
+            };
+            up.insert_header("x-forwarded-for", xff)?;
+            if !(trusted && up.headers.contains_key("x-forwarded-proto")) {
+                up.insert_header("x-forwarded-proto", "http")?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(v), Key::Cookie(c)) = (ctx.set_cookie.take(), &self.listener.cfg.affinity.key)
+        {
+            let max_age = c.insert.as_ref().map(|i| i.max_age.as_secs()).unwrap_or(0);
+            // append, not insert: the backend's own cookies must survive.
+            resp.append_header(
+                header::SET_COOKIE,
+                format!(
+                    "{}={v}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax",
+                    c.name
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        use ErrorType::*;
+        let code = match e.etype() {
+            HTTPStatus(code) => *code,
+            ConnectTimedout | ReadTimedout | WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed | ReadTimedout | WriteTimedout => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            if let Err(err) = session.respond_error(code).await {
+                tracing::debug!(error = %err, "could not send error response");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let l = &self.listener;
+        if let Some(c) = &ctx.conn {
+            c.request_done();
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        if status != 0 {
+            let slot = ctx
+                .backend
+                .as_ref()
+                .map(|(i, _)| *i)
+                .unwrap_or(l.status.len() - 1);
+            if let Some(c) = l.status.get(slot) {
+                c.inc(status);
+            }
+        }
+        if let Some(start) = ctx.start {
+            l.duration.observe(start.elapsed().as_secs_f64());
+        }
+        l.bytes_in.inc_by(session.body_bytes_read() as u64);
+        l.bytes_out.inc_by(session.body_bytes_sent() as u64);
+        if ctx.upstream_counted {
+            if let Some((_, b)) = &ctx.backend {
+                b.upstream_active.dec();
+            }
+        }
+        let _ = Bytes::new();
+    }
+}

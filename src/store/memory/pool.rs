@@ -1,0 +1,266 @@
+//! One pool's sessions in the embedded store, and the [`PoolStore`] handle over them.
+//!
+//! A pool is a `DashMap<Box<str>, Arc<Entry>>` (looked up by `&str`, so a hit
+//! allocates nothing) plus exact per-backend counts. An [`Entry`] lives as long as
+//! its key does: re-pins swap the [`Record`] inside it, so the live-connection
+//! counter and `last_seen` survive a move. Every change of a record, a count or the
+//! key set happens while holding the key's shard write lock, and the journal line
+//! is queued inside that same critical section; that keeps counts exact and the
+//! log in the same order as memory.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use dashmap::mapref::entry::Entry as Slot;
+use dashmap::DashMap;
+
+use super::Shared;
+use crate::store::{now_ms, Hit, MoveReason, PoolStore, Session, StoreError};
+
+/// Who owns a key; replaced whole on every change.
+struct Record {
+    backend: Arc<str>,
+    since: u64,
+    moved_from: Option<Arc<str>>,
+    move_reason: Option<MoveReason>,
+}
+
+pub(super) struct Entry {
+    record: ArcSwap<Record>,
+    /// Unix ms of the last hit, from the store's coarse clock.
+    pub(super) last_seen: AtomicU64,
+    /// The `last_seen` last written to the journal (touches are rate-limited).
+    pub(super) persisted_seen: AtomicU64,
+    pub(super) live: Arc<AtomicU32>,
+}
+
+impl Entry {
+    fn new(session: &Session) -> Entry {
+        Entry {
+            record: ArcSwap::from_pointee(Record::from(session)),
+            last_seen: AtomicU64::new(session.last_seen),
+            persisted_seen: AtomicU64::new(session.last_seen),
+            live: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
+        self.live.load(Relaxed) == 0
+    }
+
+    fn hit(&self) -> Hit {
+        let record = self.record.load();
+        let moved = match (&record.moved_from, record.move_reason) {
+            (Some(from), Some(reason)) => Some((from.clone(), reason)),
+            _ => None,
+        };
+        Hit {
+            backend: record.backend.clone(),
+            moved,
+            live: self.live.clone(),
+        }
+    }
+
+    pub(super) fn session(&self) -> Session {
+        let record = self.record.load();
+        Session {
+            backend: record.backend.clone(),
+            since: record.since,
+            last_seen: self.last_seen.load(Relaxed),
+            moved_from: record.moved_from.clone(),
+            move_reason: record.move_reason,
+        }
+    }
+}
+
+impl From<&Session> for Record {
+    fn from(s: &Session) -> Record {
+        Record {
+            backend: s.backend.clone(),
+            since: s.since,
+            moved_from: s.moved_from.clone(),
+            move_reason: s.move_reason,
+        }
+    }
+}
+
+pub(super) struct PoolMap {
+    pub(super) name: Arc<str>,
+    pub(super) map: DashMap<Box<str>, Arc<Entry>>,
+    counts: DashMap<Arc<str>, AtomicU64>,
+}
+
+impl PoolMap {
+    pub(super) fn new(name: Arc<str>) -> PoolMap {
+        PoolMap {
+            name,
+            map: DashMap::new(),
+            counts: DashMap::new(),
+        }
+    }
+
+    fn count(&self, backend: &Arc<str>, up: bool) {
+        match self.counts.get(&**backend) {
+            Some(n) if up => n.fetch_add(1, Relaxed),
+            Some(n) => n.fetch_sub(1, Relaxed),
+            None if up => self
+                .counts
+                .entry(backend.clone())
+                .or_default()
+                .fetch_add(1, Relaxed),
+            // Unreachable while the bookkeeping is exact: every owner was counted up.
+            None => 0,
+        };
+    }
+
+    /// Put a session read from disk back, without journaling it again.
+    pub(super) fn restore(&self, shared: &Shared, key: Box<str>, session: &Session) {
+        if let Slot::Vacant(slot) = self.map.entry(key) {
+            self.count(&session.backend, true);
+            shared.total.fetch_add(1, Relaxed);
+            slot.insert(Arc::new(Entry::new(session)));
+        }
+    }
+
+    /// Remove `key` if `cond` holds for its entry (checked under the shard lock).
+    pub(super) fn remove_if(
+        &self,
+        shared: &Shared,
+        key: &str,
+        cond: impl Fn(&Entry) -> bool,
+    ) -> bool {
+        // The bookkeeping runs inside the predicate because that is where the shard
+        // lock is held: a racing insert of the same key must count and log after us.
+        let removed = self.map.remove_if(key, |key, entry| {
+            if !cond(entry) {
+                return false;
+            }
+            self.count(&entry.record.load().backend, false);
+            shared.total.fetch_sub(1, Relaxed);
+            if let Some(journal) = &shared.journal {
+                journal.del(&self.name, key);
+            }
+            true
+        });
+        removed.is_some()
+    }
+}
+
+/// The router's handle on one pool of a [`super::MemoryStore`].
+pub struct MemPool {
+    pub(super) shared: Arc<Shared>,
+    pub(super) pool: Arc<PoolMap>,
+}
+
+impl MemPool {
+    fn journal_put(&self, key: &str, entry: &Entry) {
+        if let Some(journal) = &self.shared.journal {
+            let session = entry.session();
+            entry.persisted_seen.store(session.last_seen, Relaxed);
+            journal.put(&self.pool.name, key, session);
+        }
+    }
+
+    /// Swap the record of `key` under its shard write lock if `change` returns a new
+    /// one for the current record; counts and journal follow. `seen` can only move
+    /// `last_seen` forward: the entry's own value survives re-pins. Returns whether it did.
+    fn update(&self, key: &str, seen: u64, change: impl FnOnce(&Record) -> Option<Record>) -> bool {
+        let Some(entry) = self.pool.map.get_mut(key) else {
+            return false;
+        };
+        let old = entry.record.load_full();
+        let Some(new) = change(&old) else {
+            return false;
+        };
+        if old.backend != new.backend {
+            self.pool.count(&old.backend, false);
+            self.pool.count(&new.backend, true);
+        }
+        entry.record.store(Arc::new(new));
+        entry.last_seen.fetch_max(seen, Relaxed);
+        self.journal_put(key, &entry);
+        true
+    }
+}
+
+#[async_trait]
+impl PoolStore for MemPool {
+    fn lookup(&self, key: &str) -> Option<Hit> {
+        let entry = self.pool.map.get(key)?;
+        let now = self.shared.clock.load(Relaxed);
+        // Skip the store when unchanged: hot keys then share the cache line read-only.
+        if entry.last_seen.load(Relaxed) < now {
+            entry.last_seen.fetch_max(now, Relaxed);
+        }
+        Some(entry.hit())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Session>, StoreError> {
+        Ok(self.pool.map.get(key).map(|e| e.session()))
+    }
+
+    async fn insert_if_absent(&self, key: &str, backend: Arc<str>) -> Result<Hit, StoreError> {
+        if let Some(hit) = self.lookup(key) {
+            return Ok(hit);
+        }
+        // Take the slot before inserting so that racing inserts cannot all slip
+        // under `max_sessions`; handed back below if another task wins the key.
+        self.shared.reserve();
+        let now = now_ms();
+        self.shared.clock.fetch_max(now, Relaxed);
+        let hit = match self.pool.map.entry(key.into()) {
+            Slot::Occupied(slot) => {
+                self.shared.total.fetch_sub(1, Relaxed);
+                let entry = slot.get();
+                entry.last_seen.fetch_max(now, Relaxed);
+                entry.hit()
+            }
+            Slot::Vacant(slot) => {
+                let entry = Entry::new(&Session::new(backend));
+                self.pool.count(&entry.record.load().backend, true);
+                self.journal_put(key, &entry);
+                let hit = entry.hit();
+                slot.insert(Arc::new(entry));
+                hit
+            }
+        };
+        Ok(hit)
+    }
+
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: &str,
+        new: Session,
+    ) -> Result<bool, StoreError> {
+        Ok(self.update(key, new.last_seen, |old| {
+            (*old.backend == *expected).then(|| Record::from(&new))
+        }))
+    }
+
+    async fn take_moved(&self, key: &str, backend: &str) -> Result<bool, StoreError> {
+        Ok(self.update(key, 0, |old| {
+            let moved = old.moved_from.is_some() || old.move_reason.is_some();
+            (moved && *old.backend == *backend).then(|| Record {
+                backend: old.backend.clone(),
+                since: old.since,
+                moved_from: None,
+                move_reason: None,
+            })
+        }))
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.pool.remove_if(&self.shared, key, |_| true))
+    }
+
+    fn sessions_of(&self, backend: &str) -> u64 {
+        self.pool.counts.get(backend).map_or(0, |n| n.load(Relaxed))
+    }
+
+    fn len(&self) -> usize {
+        self.pool.map.len()
+    }
+}

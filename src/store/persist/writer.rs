@@ -1,0 +1,247 @@
+//! The writer thread: the only code that writes the store's files.
+//!
+//! It drains the journal channel into a buffered log, fsyncs within `SYNC_EVERY` of
+//! the first unsynced line (so `kill -9` or a power cut loses at most that much),
+//! answers `flush`/`compact` requests in channel order, and compacts on its own once
+//! the log holds more than twice as many lines as there are sessions. It is a plain
+//! thread, not a tokio task, because every step is blocking file I/O.
+//!
+//! After a write error it stops appending (a half-written line must not be followed
+//! by more) and retries a compaction, which rewrites everything from memory, until
+//! one succeeds.
+
+use std::borrow::Cow;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Weak;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{encode_secret, io_error, log_path, with_suffix, Line, Msg, SnapshotSource};
+use super::{FORMAT, VERSION};
+use crate::store::StoreError;
+
+/// Upper bound on how long an appended line waits for its fsync. Half the promised
+/// second, leaving room for a slow disk.
+const SYNC_EVERY: Duration = Duration::from_millis(500);
+/// Below this many log lines compaction is not worth its full rewrite.
+const COMPACT_MIN_LINES: u64 = 10_000;
+
+/// Write a fresh snapshot and log (generation `gen`) from `source`, then run the
+/// writer thread on `rx`. Fails if the files cannot be written.
+pub(crate) fn start(
+    path: PathBuf,
+    gen: u64,
+    rx: Receiver<Msg>,
+    source: Weak<dyn SnapshotSource>,
+) -> Result<JoinHandle<()>, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+    }
+    let log = rewrite(&path, gen, &source)?;
+    let writer = Writer {
+        log: BufWriter::with_capacity(1 << 16, log),
+        path,
+        gen,
+        lines: 0,
+        dirty_since: None,
+        broken: None,
+        source,
+    };
+    std::thread::Builder::new()
+        .name("tether-store".into())
+        .spawn(move || writer.run(rx))
+        .map_err(|e| StoreError::Unavailable(format!("cannot start store writer: {e}")))
+}
+
+struct Writer {
+    path: PathBuf,
+    gen: u64,
+    log: BufWriter<File>,
+    /// Lines in the current log, for the compaction trigger.
+    lines: u64,
+    /// When the oldest line not yet fsynced was appended.
+    dirty_since: Option<Instant>,
+    /// Set after a write error: when to retry (by compacting).
+    broken: Option<Instant>,
+    source: Weak<dyn SnapshotSource>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            let wait = match (self.dirty_since, self.broken) {
+                (Some(since), _) => SYNC_EVERY.saturating_sub(since.elapsed()),
+                (None, Some(retry)) => retry.saturating_duration_since(Instant::now()),
+                (None, None) => Duration::from_secs(1),
+            };
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Line(line)) => self.append(&line),
+                Ok(Msg::Flush(reply)) => {
+                    let _ = reply.send(self.sync());
+                }
+                Ok(Msg::Compact(reply)) => {
+                    let _ = reply.send(self.compact());
+                }
+                Ok(Msg::Close) | Err(RecvTimeoutError::Disconnected) => {
+                    if let Err(e) = self.sync() {
+                        tracing::error!(error = %e, "store: final write failed");
+                    }
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.housekeeping();
+        }
+    }
+
+    /// Periodic work checked after every message: the fsync deadline, healing after
+    /// an error, and the size-triggered compaction.
+    fn housekeeping(&mut self) {
+        let sync_due = self.dirty_since.is_some_and(|t| t.elapsed() >= SYNC_EVERY);
+        let retry_due = self.broken.is_some_and(|t| Instant::now() >= t);
+        if sync_due || retry_due {
+            if let Err(e) = self.sync() {
+                tracing::error!(error = %e, "store: sync failed");
+            }
+        }
+        if sync_due && self.broken.is_none() && self.lines > COMPACT_MIN_LINES {
+            let sessions = self.source.upgrade().map_or(0, |s| s.session_count());
+            if self.lines > 2 * sessions as u64 {
+                if let Err(e) = self.compact() {
+                    tracing::error!(error = %e, "store: compaction failed");
+                }
+            }
+        }
+    }
+
+    fn append(&mut self, line: &Line) {
+        if self.broken.is_some() {
+            return; // the next successful compaction writes this change from memory
+        }
+        if let Err(e) = write_line(&mut self.log, line) {
+            self.fail(&e);
+            return;
+        }
+        self.lines += 1;
+        self.dirty_since.get_or_insert_with(Instant::now);
+    }
+
+    fn fail(&mut self, e: &io::Error) {
+        tracing::error!(path = %log_path(&self.path).display(), error = %e,
+            "store: cannot append; will rewrite from memory");
+        self.broken = Some(Instant::now() + Duration::from_secs(1));
+    }
+
+    /// Make everything appended durable; while broken, recover by compacting.
+    fn sync(&mut self) -> Result<(), StoreError> {
+        if self.broken.is_some() {
+            return self.compact();
+        }
+        self.dirty_since = None;
+        let res = self
+            .log
+            .flush()
+            .and_then(|()| self.log.get_ref().sync_data());
+        res.map_err(|e| {
+            self.fail(&e);
+            io_error(&log_path(&self.path), e)
+        })
+    }
+
+    /// Snapshot generation `gen + 1` from memory, then an empty log of that generation.
+    fn compact(&mut self) -> Result<(), StoreError> {
+        let gen = self.gen + 1;
+        match rewrite(&self.path, gen, &self.source) {
+            Ok(log) => {
+                self.log = BufWriter::with_capacity(1 << 16, log);
+                self.gen = gen;
+                self.lines = 0;
+                self.dirty_since = None;
+                self.broken = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.broken = Some(Instant::now() + Duration::from_secs(1));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Write snapshot `gen` from memory, then swap in an empty log of that generation.
+/// In this order a crash in between leaves a log older than the snapshot, which
+/// `load` ignores; the snapshot already holds all of it.
+fn rewrite(path: &Path, gen: u64, source: &Weak<dyn SnapshotSource>) -> Result<File, StoreError> {
+    let Some(source) = source.upgrade() else {
+        return Err(StoreError::Unavailable("store is gone".into()));
+    };
+    write_snapshot(path, gen, &*source).map_err(|(p, e)| io_error(&p, e))?;
+    // Hold the store only while reading it: the writer must not keep it alive.
+    drop(source);
+    fresh_log(path, gen).map_err(|e| io_error(&log_path(path), e))
+}
+
+fn write_line(out: &mut impl Write, line: &Line) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, line)?;
+    out.write_all(b"\n")
+}
+
+fn header(gen: u64) -> Line<'static> {
+    Line::Header {
+        format: Cow::Borrowed(FORMAT),
+        version: VERSION,
+        gen,
+    }
+}
+
+/// Replace the snapshot atomically: write `PATH.tmp`, fsync, rename, fsync the directory.
+fn write_snapshot(
+    path: &Path,
+    gen: u64,
+    source: &dyn SnapshotSource,
+) -> Result<(), (PathBuf, io::Error)> {
+    let tmp = with_suffix(path, ".tmp");
+    let write = || -> io::Result<()> {
+        let mut out = BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
+        write_line(&mut out, &header(gen))?;
+        let secret = encode_secret(&source.secret());
+        write_line(&mut out, &Line::Secret { secret })?;
+        source.each_session(&mut |pool, key, session| {
+            let line = Line::Put {
+                pool: pool.clone(),
+                key: Cow::Borrowed(key),
+                session: Cow::Borrowed(session),
+            };
+            write_line(&mut out, &line)
+        })?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()
+    };
+    write().map_err(|e| (tmp.clone(), e))?;
+    fs::rename(&tmp, path).map_err(|e| (path.to_owned(), e))?;
+    sync_dir(path).map_err(|e| (path.to_owned(), e))
+}
+
+/// An empty log (just the header) of generation `gen`, swapped in atomically.
+fn fresh_log(path: &Path, gen: u64) -> io::Result<File> {
+    let log = log_path(path);
+    let tmp = with_suffix(&log, ".tmp");
+    let mut file = File::create(&tmp)?;
+    write_line(&mut file, &header(gen))?;
+    file.sync_all()?;
+    fs::rename(&tmp, &log)?;
+    sync_dir(&log)?;
+    // The handle stays valid across the rename and is positioned after the header.
+    Ok(file)
+}
+
+/// Renames are durable only once the directory itself is fsynced.
+fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}

@@ -1,0 +1,171 @@
+//! Test harness: a real `tether` process on a generated config, real whoami
+//! backends on ephemeral ports, and a small real HTTP/1.1 client over TCP.
+#![allow(dead_code)]
+
+#[path = "../../examples/whoami.rs"]
+pub mod whoami;
+
+pub mod http;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use http::{Client, Response};
+
+/// A running tether process; killed (by pid) on drop.
+pub struct Tether {
+    pub child: Child,
+    pub listeners: HashMap<String, SocketAddr>,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Tether {
+    /// Start tether on `yaml` (written into a fresh temp dir) and wait until it is ready.
+    pub fn start(yaml: &str) -> Tether {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, yaml)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, yaml: &str) -> Tether {
+        let config = dir.path().join("proxy.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        Self::spawn(dir, config)
+    }
+
+    pub fn spawn(dir: tempfile::TempDir, config: PathBuf) -> Tether {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tether");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            // Keep draining stderr for the whole life of the process, or it blocks on logging.
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let _ = tx.send(line.clone());
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut listeners = HashMap::new();
+        let mut admin = None;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("tether did not become ready; log:\n{}", log.lock().unwrap().join("\n"));
+                }
+            };
+            if let Some((name, addr)) = parse_listening(&line) {
+                if name == "admin" {
+                    admin = Some(addr);
+                } else {
+                    listeners.insert(name, addr);
+                }
+            }
+            if line.contains("tether ready") {
+                break;
+            }
+        }
+        Tether { child, listeners, admin: admin.expect("admin address logged"), dir, config, log }
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.listeners[listener]
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal tether");
+    }
+
+    /// Wait for exit up to `limit`; `Some(status)` if it exited.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Tether {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `... listening listener=web addr=127.0.0.1:1234` (human log format).
+fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
+    if !line.contains("listening") {
+        return None;
+    }
+    let name = line.split("listener=").nth(1)?.split_whitespace().next()?.trim_matches('"');
+    let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+    Some((name.to_string(), addr.parse().ok()?))
+}
+
+/// Start `n` whoami backends `b1..bn` on ephemeral ports.
+pub async fn backends(n: usize) -> Vec<whoami::Running> {
+    let mut v = Vec::new();
+    for i in 1..=n {
+        v.push(whoami::start(&format!("b{i}"), "127.0.0.1:0").await.expect("start backend"));
+    }
+    v
+}
+
+/// YAML lines for a pool's backend list.
+pub fn backend_yaml(backends: &[whoami::Running]) -> String {
+    backends
+        .iter()
+        .map(|b| format!("      - {{ id: {}, addr: \"{}\" }}\n", b.id, b.addr))
+        .collect()
+}
+
+/// A one-listener config: pool `app` over `backends`, listener `web` with `affinity`
+/// (YAML flow text for `affinity:`), plus `extra` top-level YAML and pool lines.
+pub fn config(backends: &[whoami::Running], affinity: &str, pool_extra: &str, listener_extra: &str, extra: &str) -> String {
+    format!(
+        "admin: {{ listen: \"127.0.0.1:0\" }}\n\
+         {extra}\n\
+         pools:\n  app:\n{pool_extra}    backends:\n{}\
+         listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n    pool: app\n{listener_extra}    affinity: {affinity}\n",
+        backend_yaml(backends)
+    )
+}
+
+/// The `id` field of a whoami JSON answer.
+pub fn backend_of(resp: &Response) -> String {
+    resp.json()["id"].as_str().unwrap_or_default().to_string()
+}

@@ -1,0 +1,357 @@
+//! Integration tests of `tether::config`: the shipped `proxy.yaml`, a table of
+//! broken configurations with their exact locations, error collection across
+//! pieces, YAML syntax errors, and files resolved relative to the config.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tether::config::{self, ConfigError, ConfigErrors, HealthKind, Key, StoreKind};
+
+/// A small valid config; the line numbers below refer to it.
+const BASE: &str = "\
+pools:
+  app:
+    backends:
+      - { id: app-1, addr: \"127.0.0.1:9001\" }
+      - { id: app-2, addr: \"127.0.0.1:9002\" }
+listeners:
+  - name: web
+    bind: 127.0.0.1:8080
+    pool: app
+    affinity:
+      key: { cookie: { name: TETHER, insert: true } }
+";
+
+fn file() -> &'static Path {
+    Path::new("test.yaml")
+}
+
+fn errors(text: &str) -> ConfigErrors {
+    match config::parse(file(), text) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+/// `BASE` with `from` replaced by `to` (which must occur exactly once).
+fn edit(from: &str, to: &str) -> String {
+    assert_eq!(BASE.matches(from).count(), 1, "`{from}` must occur once in BASE");
+    BASE.replacen(from, to, 1)
+}
+
+struct Case {
+    name: &'static str,
+    yaml: String,
+    path: &'static str,
+    line: usize,
+    col: Option<usize>,
+    message: &'static str,
+}
+
+fn case(
+    name: &'static str,
+    yaml: String,
+    path: &'static str,
+    line: usize,
+    col: Option<usize>,
+    message: &'static str,
+) -> Case {
+    Case {
+        name,
+        yaml,
+        path,
+        line,
+        col,
+        message,
+    }
+}
+
+fn with_health(health: &str) -> String {
+    edit("    backends:\n", &format!("    health: {health}\n    backends:\n"))
+}
+
+fn broken_configs() -> Vec<Case> {
+    vec![
+        case("unknown top-level key", format!("{BASE}extra: 1\n"), "extra", 12, Some(1), "unknown field `extra`"),
+        case(
+            "unknown backend key",
+            edit("9001\" }", "9001\", wieght: 2 }"),
+            "pools.app.backends[0].wieght",
+            4,
+            Some(44),
+            "unknown field `wieght`",
+        ),
+        case("zero weight", edit("9002\" }", "9002\", weight: 0 }"), "pools.app.backends[1].weight", 5, Some(52), "weight must be >= 1"),
+        case("duplicate backend id", edit("app-2", "app-1"), "pools.app.backends[1].id", 5, Some(15), "duplicate backend id `app-1` (first used at line 4)"),
+        case("empty backend list", edit("    backends:\n      - { id: app-1, addr: \"127.0.0.1:9001\" }\n      - { id: app-2, addr: \"127.0.0.1:9002\" }\n", "    backends: []\n"), "pools.app.backends", 3, Some(5), "at least one backend"),
+        case("missing pool", edit("pool: app", "pool: api"), "listeners[0].pool", 9, Some(11), "no pool named `api` (pools: app)"),
+        case("host name address", edit("127.0.0.1:9001", "localhost:9001"), "pools.app.backends[0].addr", 4, Some(28), "host names are not supported yet"),
+        case("address without port", edit("bind: 127.0.0.1:8080", "bind: 127.0.0.1"), "listeners[0].bind", 8, Some(11), "has no port"),
+        case("bad duration", edit("    backends:\n", "    drain_timeout: soon\n    backends:\n"), "pools.app.drain_timeout", 3, Some(20), "invalid duration `soon`"),
+        case("bounded_load not above 1", edit("    backends:\n", "    bounded_load: 1.0\n    backends:\n"), "pools.app.bounded_load", 3, Some(19), "bounded_load must be greater than 1.0"),
+        case("zero max_age", edit("insert: true", "insert: true, max_age: 0s"), "listeners[0].affinity.key.cookie.max_age", 11, Some(51), "must be greater than zero"),
+        case("zero connect timeout", edit("    backends:\n", "    timeouts: { connect: 0s }\n    backends:\n"), "pools.app.timeouts.connect", 3, Some(26), "must be greater than zero"),
+        case("zero rise", with_health("{ rise: 0 }"), "pools.app.health.rise", 3, Some(21), "rise must be >= 1"),
+        case("status out of range", with_health("{ expect_status: [200, 700] }"), "pools.app.health.expect_status[1]", 3, Some(36), "status 700 is not an HTTP status (100-599)"),
+        case("health timeout above interval", with_health("{ interval: 1s, timeout: 2s }"), "pools.app.health.timeout", 3, Some(38), "must not exceed the interval"),
+        case("zero listener max_connections", edit("    pool: app\n", "    pool: app\n    max_connections: 0\n"), "listeners[0].max_connections", 10, Some(22), "max_connections must be >= 1"),
+        case("listener above server max_connections", format!("server: {{ max_connections: 100 }}\n{}", edit("    pool: app\n", "    pool: app\n    max_connections: 200\n")), "listeners[0].max_connections", 11, Some(22), "max_connections 200 exceeds server.max_connections 100"),
+        case("no listeners", BASE[..BASE.find("listeners:").unwrap_or(0)].to_owned(), "listeners", 1, Some(1), "at least one listener is required"),
+        case("no pools", format!("pools: {{}}\n{}", &BASE[BASE.find("listeners:").unwrap_or(0)..]), "pools", 1, Some(1), "at least one pool is required"),
+        case("admin on a listener bind", format!("admin: {{ listen: \"127.0.0.1:8080\" }}\n{BASE}"), "listeners[0].bind", 9, Some(11), "collides with admin.listen 127.0.0.1:8080"),
+        case("invalid header name", edit("{ cookie: { name: TETHER, insert: true } }", "{ header: \"X Device\" }"), "listeners[0].affinity.key.header", 11, Some(25), "`X Device` is not a valid header name"),
+        case("invalid pool id", edit("  app:\n", "  \"my app\":\n").replace("pool: app", "pool: my app"), "pools.my app", 2, Some(3), "pool name `my app` must be non-empty and use only A-Z a-z 0-9 . _ -"),
+        case("invalid backend id", edit("app-2", "app/2"), "pools.app.backends[1].id", 5, Some(15), "backend id `app/2` must be non-empty"),
+        case("duplicate listener name", format!("{BASE}  - name: web\n    bind: 127.0.0.1:8081\n    pool: app\n    affinity: {{ key: source_ip }}\n"), "listeners[1].name", 12, Some(11), "duplicate listener name `web` (first used at line 7)"),
+        case("duplicate bind", format!("{BASE}  - name: web2\n    bind: 127.0.0.1:8080\n    pool: app\n    affinity: {{ key: source_ip }}\n"), "listeners[1].bind", 13, Some(11), "duplicate bind 127.0.0.1:8080: already used by listener `web` (line 8)"),
+        case("redis store", format!("store: {{ kind: redis }}\n{BASE}"), "store.kind", 1, Some(16), "redis store is not available in this build yet"),
+        case("unsupported protocol", edit("    pool: app\n", "    pool: app\n    protocol: https\n"), "listeners[0].protocol", 10, Some(15), "protocol `https` is not supported yet"),
+        case("max_age without insert", edit("insert: true", "max_age: 8h"), "listeners[0].affinity.key.cookie.max_age", 11, Some(32), "max_age only applies with `insert: true`"),
+        case("unknown hash", edit("    backends:\n", "    hash: md5\n    backends:\n"), "pools.app.hash", 3, Some(11), "unknown variant `md5`"),
+        case("missing backend addr", edit("{ id: app-2, addr: \"127.0.0.1:9002\" }", "{ id: app-2 }"), "pools.app.backends[1]", 5, Some(9), "missing field `addr`"),
+        case("bad trusted proxy", format!("server:\n  trusted_proxies: [10.0.0.0/8, 10.0.0.0/33]\n{BASE}"), "server.trusted_proxies[1]", 2, Some(34), "`10.0.0.0/33` is not a CIDR"),
+        case("key with two kinds", edit("{ cookie: { name: TETHER, insert: true } }", "{ query: device, header: X-Id }"), "listeners[0].affinity.key.header", 11, Some(29), "key takes exactly one of"),
+    ]
+}
+
+#[test]
+fn shipped_proxy_yaml_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.yaml");
+    let snap = config::load(&path).unwrap_or_else(|e| panic!("proxy.yaml:\n{e}"));
+    assert_eq!(snap.admin.listen, "127.0.0.1:9090".parse().unwrap());
+    assert_eq!(snap.pools.len(), 1);
+    let app = &snap.pools[0];
+    assert_eq!(&*app.name, "app");
+    assert_eq!(app.backends.len(), 2);
+    assert_eq!(&*app.backends[1].id, "app-2");
+    assert_eq!(app.backends[1].weight, 1);
+    assert!(matches!(&app.health.kind, HealthKind::Http { path, expect_status } if path == "/healthz" && expect_status == &[200]));
+    let web = &snap.listeners[0];
+    assert_eq!(web.bind, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(web.max_header_bytes, 65536);
+    assert_eq!(web.timeouts.keepalive, Duration::from_secs(60));
+    match &web.affinity.key {
+        Key::Cookie(c) => {
+            assert_eq!(c.name, "TETHER");
+            let insert = c.insert.as_ref().expect("insert mode");
+            assert_eq!(insert.max_age, Duration::from_secs(8 * 3600));
+            assert!(insert.secret.is_none());
+        }
+        other => panic!("unexpected key {other:?}"),
+    }
+    let StoreKind::Embedded { path: Some(db) } = &snap.store.kind else {
+        panic!("store path expected")
+    };
+    assert_eq!(db, &Path::new(env!("CARGO_MANIFEST_DIR")).join("data/affinity.db"));
+    let summary = config::summary(&snap);
+    assert!(summary.ends_with("proxy.yaml: 1 pool (2 backends), 1 listener, store embedded"), "{summary}");
+}
+
+#[test]
+fn minimal_config_takes_the_defaults() {
+    let snap = config::parse(file(), BASE).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snap.admin.listen, "127.0.0.1:9090".parse().unwrap());
+    assert!(snap.admin.token.is_none());
+    assert_eq!(snap.server.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(snap.server.upgrade_grace, Duration::from_secs(600));
+    assert_eq!(snap.server.max_connections, 50_000);
+    assert_eq!(snap.server.threads, 0);
+    assert!(snap.server.trusted_proxies.is_empty());
+    assert!(matches!(snap.store.kind, StoreKind::Embedded { path: None }));
+    assert_eq!(snap.store.session_ttl, Duration::from_secs(24 * 3600));
+    assert_eq!(snap.store.max_sessions, 1_000_000);
+    let app = &snap.pools[0];
+    assert_eq!(app.hash, config::HashKind::Maglev);
+    assert_eq!(app.bounded_load, None);
+    assert_eq!(app.on_backend_down, config::OnBackendDown::Migrate);
+    assert_eq!(app.failback, config::Failback::Stay);
+    assert_eq!(app.drain_timeout, Duration::from_secs(600));
+    assert_eq!(app.timeouts.connect, Duration::from_secs(2));
+    assert_eq!(app.timeouts.response_header, Duration::from_secs(30));
+    assert!(matches!(app.health.kind, HealthKind::None));
+    let web = &snap.listeners[0];
+    assert_eq!(web.protocol, config::Protocol::Http);
+    assert_eq!(web.max_connections, 20_000);
+    assert_eq!(web.timeouts.client_header, Duration::from_secs(10));
+    assert_eq!(web.timeouts.idle, Duration::from_secs(3600));
+    assert_eq!(web.affinity.fallback, config::Fallback::SourceIp);
+    // Inserted cookies live as long as a session by default.
+    let Key::Cookie(c) = &web.affinity.key else { panic!("cookie key") };
+    assert_eq!(c.insert.as_ref().map(|i| i.max_age), Some(Duration::from_secs(24 * 3600)));
+    assert_eq!(config::summary(&snap), "test.yaml: 1 pool (2 backends), 1 listener, store embedded");
+}
+
+#[test]
+fn every_key_form_parses() {
+    let forms = [
+        ("{ cookie: { name: JSESSIONID } }", "Cookie"),
+        ("{ header: X-Device-Id }", "Header"),
+        ("{ query: device }", "Query"),
+        ("source_ip", "SourceIp"),
+        ("{ source_ip: { ipv4_mask: 24, ipv6_mask: 64 } }", "SourceIp"),
+    ];
+    for (form, kind) in forms {
+        let text = edit("{ cookie: { name: TETHER, insert: true } }", form);
+        let snap = config::parse(file(), &text).unwrap_or_else(|e| panic!("{form}: {e}"));
+        let key = &snap.listeners[0].affinity.key;
+        assert!(format!("{key:?}").starts_with(kind), "{form}: {key:?}");
+        if form.contains("ipv4_mask") {
+            assert!(matches!(key, Key::SourceIp(m) if m.ipv4 == 24 && m.ipv6 == 64));
+        }
+    }
+}
+
+/// The 1-based column of the first occurrence of `needle` on `line` of `text`.
+fn col_of(text: &str, line: usize, needle: &str) -> Option<usize> {
+    text.lines().nth(line - 1)?.find(needle).map(|i| i + 1)
+}
+
+#[test]
+fn broken_configs_are_located() {
+    let cases = broken_configs();
+    assert!(cases.len() >= 18);
+    let mut failures = Vec::new();
+    for c in cases {
+        let errs = errors(&c.yaml);
+        let all = errs.to_string();
+        let e: &ConfigError = &errs.errors[0];
+        let mut problems = Vec::new();
+        if errs.len() != 1 {
+            problems.push("expected exactly one error".to_owned());
+        }
+        if e.path != c.path {
+            problems.push(format!("path `{}` != `{}`", e.path, c.path));
+        }
+        if !e.message.contains(c.message) {
+            problems.push(format!("message lacks `{}`", c.message));
+        }
+        if e.line != c.line {
+            problems.push(format!("line {} != {}", e.line, c.line));
+        }
+        if c.col.is_some_and(|col| col != e.col) {
+            problems.push(format!("col {} != {:?}", e.col, c.col));
+        }
+        let shown = format!("test.yaml:{}:{}: {}: {}", e.line, e.col, c.path, e.message);
+        if errs.len() == 1 && all != shown {
+            problems.push(format!("displayed as `{all}`"));
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{}: {}\n    {}", c.name, problems.join("; "), all.replace('\n', "\n    ")));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn independent_errors_are_all_reported() {
+    let text = "\
+admin: { listen: 127.0.0.1 }
+pools:
+  app:
+    backends:
+      - { id: app-1, addr: \"127.0.0.1:9001\", weight: 0 }
+listeners:
+  - name: web
+    bind: 127.0.0.1:8080
+    pool: app
+    colour: blue
+    affinity: { key: source_ip }
+";
+    let errs = errors(text);
+    let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.path.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (1, "admin.listen"),
+            (5, "pools.app.backends[0].weight"),
+            (10, "listeners[0].colour"),
+        ],
+        "{errs}"
+    );
+    let shown = errs.to_string();
+    assert_eq!(shown.lines().count(), 3);
+    assert!(shown.starts_with("test.yaml:1:18: admin.listen: `127.0.0.1` has no port"), "{shown}");
+    assert!(shown.ends_with("test.yaml:10:5: listeners[0].colour: unknown field `colour`, expected one of `name`, `bind`, `protocol`, `pool`, `max_connections`, `max_header_bytes`, `timeouts`, `proxy_protocol`, `affinity`"), "{shown}");
+}
+
+#[test]
+fn malformed_yaml_is_one_located_error() {
+    let text = "pools:\n  app:\n    backends: [\n listeners: {\n";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs}");
+    let e = &errs.errors[0];
+    assert!(e.message.starts_with("invalid YAML: "), "{e}");
+    assert!(e.line >= 3 && e.col >= 1, "{e}");
+    assert!(e.path.is_empty());
+
+    let errs = errors("pools:\n  app: x\n  app: y\n");
+    assert_eq!(errs.len(), 1, "{errs}");
+    assert!(errs.errors[0].message.contains("duplicate entry"), "{errs}");
+
+    let errs = errors("pools:\n\tapp: {}\n");
+    assert_eq!(errs.errors[0].line, 2, "{errs}");
+}
+
+#[test]
+fn unreadable_file_is_one_error_naming_it() {
+    let missing = Path::new("/nonexistent/tether/proxy.yaml");
+    let errs = config::load(missing).expect_err("missing file");
+    assert_eq!(errs.len(), 1);
+    assert!(errs.to_string().contains("/nonexistent/tether/proxy.yaml"), "{errs}");
+}
+
+#[test]
+fn empty_file_is_an_error() {
+    let errs = errors("");
+    assert_eq!(errs.len(), 1);
+    assert_eq!((errs.errors[0].line, errs.errors[0].col), (1, 1));
+}
+
+#[test]
+fn relative_files_resolve_against_the_config_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("secrets")).expect("mkdir");
+    std::fs::write(dir.path().join("secrets/token"), "s3cret-token\n").expect("write token");
+    std::fs::write(dir.path().join("secrets/cookie"), "0123456789abcdef0123\n").expect("write secret");
+    let text = format!(
+        "admin: {{ token_file: secrets/token }}\nstore: {{ path: data/affinity.db }}\n{}",
+        edit("insert: true", "insert: true, secret_file: secrets/cookie")
+    );
+    let cfg = dir.path().join("proxy.yaml");
+    std::fs::write(&cfg, &text).expect("write config");
+    // The working directory is not the config's directory.
+    assert_ne!(std::env::current_dir().expect("cwd"), dir.path());
+    let snap = config::load(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snap.admin.token.as_deref(), Some("s3cret-token"));
+    let Key::Cookie(c) = &snap.listeners[0].affinity.key else { panic!("cookie") };
+    let secret = c.insert.as_ref().and_then(|i| i.secret.as_deref());
+    assert_eq!(secret, Some(&b"0123456789abcdef0123"[..]));
+    let StoreKind::Embedded { path: Some(db) } = &snap.store.kind else { panic!("store path") };
+    assert_eq!(db, &dir.path().join("data/affinity.db"));
+}
+
+#[test]
+fn unusable_token_and_secret_files_name_their_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("empty"), "\n").expect("write");
+    std::fs::write(dir.path().join("short"), "too-short").expect("write");
+    let text = format!(
+        "admin: {{ token_file: missing-token }}\n{}",
+        edit("insert: true", "insert: true, secret_file: short")
+    );
+    let cfg = dir.path().join("proxy.yaml");
+    std::fs::write(&cfg, &text).expect("write config");
+    let errs = config::load(&cfg).expect_err("bad files");
+    let got: Vec<(&str, usize)> = errs.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    assert_eq!(
+        got,
+        [("admin.token_file", 1), ("listeners[0].affinity.key.cookie.secret_file", 12)],
+        "{errs}"
+    );
+    assert!(errs.errors[0].message.contains("cannot read token_file"), "{errs}");
+    assert!(errs.errors[1].message.contains("at least 16"), "{errs}");
+
+    std::fs::write(&cfg, text.replace("missing-token", "empty")).expect("write config");
+    let errs = config::load(&cfg).expect_err("empty token");
+    assert!(errs.errors[0].message.contains("token_file") && errs.errors[0].message.contains("is empty"), "{errs}");
+}
