@@ -178,8 +178,23 @@ impl PoolRt {
         self.backends.iter().find(|b| &*b.id == id)
     }
 
+    /// The hot path: a cached owner that is still usable and has no move to
+    /// announce. No I/O, no allocation, no lock beyond the store's shard read.
+    pub fn route_hit(&self, key: &str) -> Option<Decision> {
+        let hit = self.store.lookup(key)?;
+        if hit.moved.is_some() {
+            return None;
+        }
+        let b = self.backend(&hit.backend).filter(|b| b.keeps_sessions())?;
+        self.lookups.hit.inc();
+        Some(self.decide(b.clone(), hit, None))
+    }
+
     /// Route a request carrying session key `key` (rules 2, 3, 6).
     pub async fn route(&self, key: &str) -> Result<Decision, StoreError> {
+        if let Some(d) = self.route_hit(key) {
+            return Ok(d);
+        }
         if let Some(hit) = self.store.lookup(key) {
             if let Some(b) = self.backend(&hit.backend).filter(|b| b.keeps_sessions()) {
                 self.lookups.hit.inc();

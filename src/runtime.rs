@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,14 +116,35 @@ impl Drop for TrackGuard {
 }
 
 fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, RunError> {
-    let err = |source| RunError::Bind { name: name.to_owned(), addr, source };
-    let sock = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    let err = |source| RunError::Bind {
+        name: name.to_owned(),
+        addr,
+        source,
+    };
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
     sock.set_reuseaddr(true).map_err(err)?;
     sock.bind(addr).map_err(err)?;
     sock.listen(4096).map_err(err)
 }
 
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
 async fn serve(path: PathBuf, snap: Snapshot) -> Result<(), RunError> {
+    // Handlers first: a SIGHUP that arrives while starting must not kill the process.
+    let signals = Signals {
+        term: signal(SignalKind::terminate()).map_err(RunError::Signal)?,
+        int: signal(SignalKind::interrupt()).map_err(RunError::Signal)?,
+        hup: signal(SignalKind::hangup()).map_err(RunError::Signal)?,
+    };
     let metrics = Arc::new(Metrics::new());
     let memory = MemoryStore::open(&snap.store)?;
     let store: Arc<dyn Store> = memory.clone();
@@ -135,13 +156,16 @@ async fn serve(path: PathBuf, snap: Snapshot) -> Result<(), RunError> {
         .map(|p| Arc::new(PoolRt::new(p.clone(), store.pool(&p.name), metrics.clone())))
         .collect();
 
-    let mut conf = ServerConf::default();
-    conf.threads = snap.server.threads.max(1);
-    let conf = Arc::new(conf);
+    let conf = Arc::new(ServerConf {
+        threads: snap.server.threads.max(1),
+        ..Default::default()
+    });
 
     let mut http = Vec::new();
     for l in &snap.listeners {
-        let Some(pool) = pools.iter().find(|p| p.cfg.name == l.pool) else { continue };
+        let Some(pool) = pools.iter().find(|p| p.cfg.name == l.pool) else {
+            continue;
+        };
         let signer = match &l.affinity.key {
             Key::Cookie(c) => match &c.insert {
                 Some(ins) => Some(CookieSigner::new(&match &ins.secret {
@@ -152,7 +176,13 @@ async fn serve(path: PathBuf, snap: Snapshot) -> Result<(), RunError> {
             },
             _ => None,
         };
-        let rt = Arc::new(ListenerRt::new(l.clone(), pool.clone(), signer, snap.server.trusted_proxies.clone(), &metrics));
+        let rt = Arc::new(ListenerRt::new(
+            l.clone(),
+            pool.clone(),
+            signer,
+            snap.server.trusted_proxies.clone(),
+            &metrics,
+        ));
         let socket = bind(&l.name, l.bind)?;
         http.push((rt, socket));
     }
@@ -164,7 +194,12 @@ async fn serve(path: PathBuf, snap: Snapshot) -> Result<(), RunError> {
     let mut proxies = Vec::new();
     let mut loops = Vec::new();
     for (l, socket) in http {
-        let proxy = Arc::new(http_proxy(&conf, Router { listener: l.clone() }));
+        let proxy = Arc::new(http_proxy(
+            &conf,
+            Router {
+                listener: l.clone(),
+            },
+        ));
         proxies.push(proxy.clone());
         log_bound(&l.cfg.name, &socket);
         loops.push(tokio::spawn(accept_http(
@@ -185,10 +220,14 @@ async fn serve(path: PathBuf, snap: Snapshot) -> Result<(), RunError> {
         }),
     });
     log_bound("admin", &admin_socket);
-    loops.push(tokio::spawn(accept_admin(admin_socket, admin.clone(), stop_rx.clone())));
+    loops.push(tokio::spawn(accept_admin(
+        admin_socket,
+        admin.clone(),
+        stop_rx.clone(),
+    )));
     tracing::info!(config = %path.display(), "tether ready");
 
-    wait_for_stop(&path, &metrics).await?;
+    wait_for_stop(signals, &path, &metrics).await;
 
     tracing::info!(grace = ?snap.server.shutdown_grace, "shutting down: no new connections");
     admin.state.stopping.store(true, Ordering::Release);
@@ -200,7 +239,10 @@ async fn serve(path: PathBuf, snap: Snapshot) -> Result<(), RunError> {
     for p in &proxies {
         p.http_cleanup().await;
     }
-    if tokio::time::timeout(snap.server.shutdown_grace, tracker.wait_idle()).await.is_err() {
+    if tokio::time::timeout(snap.server.shutdown_grace, tracker.wait_idle())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             open = tracker.live.load(Ordering::Acquire),
             "shutdown grace over: closing what is still open"
@@ -222,14 +264,16 @@ fn log_bound(name: &str, socket: &TcpListener) {
 
 /// SIGHUP re-validates the file (live apply arrives with the reload work);
 /// SIGTERM or SIGINT returns.
-async fn wait_for_stop(path: &PathBuf, metrics: &Metrics) -> Result<(), RunError> {
-    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+async fn wait_for_stop(signals: Signals, path: &Path, metrics: &Metrics) {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
+            _ = term.recv() => return,
+            _ = int.recv() => return,
             _ = hup.recv() => match config::load(path) {
                 Ok(s) => {
                     metrics.config_reloads.with_label_values(&["ok"]).inc();
@@ -299,7 +343,10 @@ async fn serve_http(
     proxy: &Arc<HttpProxy<Router>>,
     stop: &ShutdownWatch,
 ) {
-    let limits = HeaderLimits { max_bytes: l.cfg.max_header_bytes, timeout: l.cfg.timeouts.client_header };
+    let limits = HeaderLimits {
+        max_bytes: l.cfg.max_header_bytes,
+        timeout: l.cfg.timeouts.client_header,
+    };
     let stream: Stream = Box::new(ConnStream::new(
         Box::new(pingora_stream(tcp, peer)),
         limits,
@@ -307,7 +354,11 @@ async fn serve_http(
     ));
     let keepalive = l.cfg.timeouts.keepalive.as_secs().max(1);
     let mut session = ServerSession::new_http1(stream);
-    session.set_keepalive(if *stop.borrow() { None } else { Some(keepalive) });
+    session.set_keepalive(if *stop.borrow() {
+        None
+    } else {
+        Some(keepalive)
+    });
     let mut result = proxy.process_new_http(session, stop).await;
     while let Some((stream, settings)) = result.map(|r| r.consume()) {
         let mut session = ServerSession::new_http1(stream);
@@ -333,8 +384,8 @@ async fn accept_admin(socket: TcpListener, app: Arc<AdminApp>, stop: ShutdownWat
         };
         let (app, stop) = (app.clone(), stop.clone());
         tokio::spawn(async move {
-            app.process_new(Box::new(pingora_stream(tcp, peer)), &stop).await;
+            app.process_new(Box::new(pingora_stream(tcp, peer)), &stop)
+                .await;
         });
     }
 }
-

@@ -2,7 +2,7 @@
 //! broken configurations with their exact locations, error collection across
 //! pieces, YAML syntax errors, and files resolved relative to the config.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use tether::config::{self, ConfigError, ConfigErrors, HealthKind, Key, StoreKind};
@@ -35,7 +35,11 @@ fn errors(text: &str) -> ConfigErrors {
 
 /// `BASE` with `from` replaced by `to` (which must occur exactly once).
 fn edit(from: &str, to: &str) -> String {
-    assert_eq!(BASE.matches(from).count(), 1, "`{from}` must occur once in BASE");
+    assert_eq!(
+        BASE.matches(from).count(),
+        1,
+        "`{from}` must occur once in BASE"
+    );
     BASE.replacen(from, to, 1)
 }
 
@@ -67,7 +71,10 @@ fn case(
 }
 
 fn with_health(health: &str) -> String {
-    edit("    backends:\n", &format!("    health: {health}\n    backends:\n"))
+    edit(
+        "    backends:\n",
+        &format!("    health: {health}\n    backends:\n"),
+    )
 }
 
 fn broken_configs() -> Vec<Case> {
@@ -78,10 +85,10 @@ fn broken_configs() -> Vec<Case> {
             edit("9001\" }", "9001\", wieght: 2 }"),
             "pools.app.backends[0].wieght",
             4,
-            Some(44),
+            Some(46),
             "unknown field `wieght`",
         ),
-        case("zero weight", edit("9002\" }", "9002\", weight: 0 }"), "pools.app.backends[1].weight", 5, Some(52), "weight must be >= 1"),
+        case("zero weight", edit("9002\" }", "9002\", weight: 0 }"), "pools.app.backends[1].weight", 5, Some(54), "weight must be >= 1"),
         case("duplicate backend id", edit("app-2", "app-1"), "pools.app.backends[1].id", 5, Some(15), "duplicate backend id `app-1` (first used at line 4)"),
         case("empty backend list", edit("    backends:\n      - { id: app-1, addr: \"127.0.0.1:9001\" }\n      - { id: app-2, addr: \"127.0.0.1:9002\" }\n", "    backends: []\n"), "pools.app.backends", 3, Some(5), "at least one backend"),
         case("missing pool", edit("pool: app", "pool: api"), "listeners[0].pool", 9, Some(11), "no pool named `api` (pools: app)"),
@@ -89,7 +96,8 @@ fn broken_configs() -> Vec<Case> {
         case("address without port", edit("bind: 127.0.0.1:8080", "bind: 127.0.0.1"), "listeners[0].bind", 8, Some(11), "has no port"),
         case("bad duration", edit("    backends:\n", "    drain_timeout: soon\n    backends:\n"), "pools.app.drain_timeout", 3, Some(20), "invalid duration `soon`"),
         case("bounded_load not above 1", edit("    backends:\n", "    bounded_load: 1.0\n    backends:\n"), "pools.app.bounded_load", 3, Some(19), "bounded_load must be greater than 1.0"),
-        case("zero max_age", edit("insert: true", "insert: true, max_age: 0s"), "listeners[0].affinity.key.cookie.max_age", 11, Some(51), "must be greater than zero"),
+        case("zero max_age", edit("insert: true", "insert: true, max_age: 0s"), "listeners[0].affinity.key.cookie.max_age", 11, Some(61), "must be greater than zero"),
+        case("zero drain_timeout", edit("    backends:\n", "    drain_timeout: 0s\n    backends:\n"), "pools.app.drain_timeout", 3, Some(20), "must be greater than zero"),
         case("zero connect timeout", edit("    backends:\n", "    timeouts: { connect: 0s }\n    backends:\n"), "pools.app.timeouts.connect", 3, Some(26), "must be greater than zero"),
         case("zero rise", with_health("{ rise: 0 }"), "pools.app.health.rise", 3, Some(21), "rise must be >= 1"),
         case("status out of range", with_health("{ expect_status: [200, 700] }"), "pools.app.health.expect_status[1]", 3, Some(36), "status 700 is not an HTTP status (100-599)"),
@@ -99,17 +107,17 @@ fn broken_configs() -> Vec<Case> {
         case("no listeners", BASE[..BASE.find("listeners:").unwrap_or(0)].to_owned(), "listeners", 1, Some(1), "at least one listener is required"),
         case("no pools", format!("pools: {{}}\n{}", &BASE[BASE.find("listeners:").unwrap_or(0)..]), "pools", 1, Some(1), "at least one pool is required"),
         case("admin on a listener bind", format!("admin: {{ listen: \"127.0.0.1:8080\" }}\n{BASE}"), "listeners[0].bind", 9, Some(11), "collides with admin.listen 127.0.0.1:8080"),
-        case("invalid header name", edit("{ cookie: { name: TETHER, insert: true } }", "{ header: \"X Device\" }"), "listeners[0].affinity.key.header", 11, Some(25), "`X Device` is not a valid header name"),
+        case("invalid header name", edit("{ cookie: { name: TETHER, insert: true } }", "{ header: \"X Device\" }"), "listeners[0].affinity.key.header", 11, Some(22), "`X Device` is not a valid header name"),
         case("invalid pool id", edit("  app:\n", "  \"my app\":\n").replace("pool: app", "pool: my app"), "pools.my app", 2, Some(3), "pool name `my app` must be non-empty and use only A-Z a-z 0-9 . _ -"),
         case("invalid backend id", edit("app-2", "app/2"), "pools.app.backends[1].id", 5, Some(15), "backend id `app/2` must be non-empty"),
         case("duplicate listener name", format!("{BASE}  - name: web\n    bind: 127.0.0.1:8081\n    pool: app\n    affinity: {{ key: source_ip }}\n"), "listeners[1].name", 12, Some(11), "duplicate listener name `web` (first used at line 7)"),
         case("duplicate bind", format!("{BASE}  - name: web2\n    bind: 127.0.0.1:8080\n    pool: app\n    affinity: {{ key: source_ip }}\n"), "listeners[1].bind", 13, Some(11), "duplicate bind 127.0.0.1:8080: already used by listener `web` (line 8)"),
         case("redis store", format!("store: {{ kind: redis }}\n{BASE}"), "store.kind", 1, Some(16), "redis store is not available in this build yet"),
         case("unsupported protocol", edit("    pool: app\n", "    pool: app\n    protocol: https\n"), "listeners[0].protocol", 10, Some(15), "protocol `https` is not supported yet"),
-        case("max_age without insert", edit("insert: true", "max_age: 8h"), "listeners[0].affinity.key.cookie.max_age", 11, Some(32), "max_age only applies with `insert: true`"),
+        case("max_age without insert", edit("insert: true", "max_age: 8h"), "listeners[0].affinity.key.cookie.max_age", 11, Some(38), "max_age only applies with `insert: true`"),
         case("unknown hash", edit("    backends:\n", "    hash: md5\n    backends:\n"), "pools.app.hash", 3, Some(11), "unknown variant `md5`"),
         case("missing backend addr", edit("{ id: app-2, addr: \"127.0.0.1:9002\" }", "{ id: app-2 }"), "pools.app.backends[1]", 5, Some(9), "missing field `addr`"),
-        case("bad trusted proxy", format!("server:\n  trusted_proxies: [10.0.0.0/8, 10.0.0.0/33]\n{BASE}"), "server.trusted_proxies[1]", 2, Some(34), "`10.0.0.0/33` is not a CIDR"),
+        case("bad trusted proxy", format!("server:\n  trusted_proxies: [10.0.0.0/8, 10.0.0.0/33]\n{BASE}"), "server.trusted_proxies[1]", 2, Some(33), "`10.0.0.0/33` is not a CIDR"),
         case("key with two kinds", edit("{ cookie: { name: TETHER, insert: true } }", "{ query: device, header: X-Id }"), "listeners[0].affinity.key.header", 11, Some(29), "key takes exactly one of"),
     ]
 }
@@ -125,7 +133,9 @@ fn shipped_proxy_yaml_is_valid() {
     assert_eq!(app.backends.len(), 2);
     assert_eq!(&*app.backends[1].id, "app-2");
     assert_eq!(app.backends[1].weight, 1);
-    assert!(matches!(&app.health.kind, HealthKind::Http { path, expect_status } if path == "/healthz" && expect_status == &[200]));
+    assert!(
+        matches!(&app.health.kind, HealthKind::Http { path, expect_status } if path == "/healthz" && expect_status == &[200])
+    );
     let web = &snap.listeners[0];
     assert_eq!(web.bind, "127.0.0.1:8080".parse().unwrap());
     assert_eq!(web.max_header_bytes, 65536);
@@ -142,9 +152,15 @@ fn shipped_proxy_yaml_is_valid() {
     let StoreKind::Embedded { path: Some(db) } = &snap.store.kind else {
         panic!("store path expected")
     };
-    assert_eq!(db, &Path::new(env!("CARGO_MANIFEST_DIR")).join("data/affinity.db"));
+    assert_eq!(
+        db,
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("data/affinity.db")
+    );
     let summary = config::summary(&snap);
-    assert!(summary.ends_with("proxy.yaml: 1 pool (2 backends), 1 listener, store embedded"), "{summary}");
+    assert!(
+        summary.ends_with("proxy.yaml: 1 pool (2 backends), 1 listener, store embedded"),
+        "{summary}"
+    );
 }
 
 #[test]
@@ -157,7 +173,10 @@ fn minimal_config_takes_the_defaults() {
     assert_eq!(snap.server.max_connections, 50_000);
     assert_eq!(snap.server.threads, 0);
     assert!(snap.server.trusted_proxies.is_empty());
-    assert!(matches!(snap.store.kind, StoreKind::Embedded { path: None }));
+    assert!(matches!(
+        snap.store.kind,
+        StoreKind::Embedded { path: None }
+    ));
     assert_eq!(snap.store.session_ttl, Duration::from_secs(24 * 3600));
     assert_eq!(snap.store.max_sessions, 1_000_000);
     let app = &snap.pools[0];
@@ -176,9 +195,17 @@ fn minimal_config_takes_the_defaults() {
     assert_eq!(web.timeouts.idle, Duration::from_secs(3600));
     assert_eq!(web.affinity.fallback, config::Fallback::SourceIp);
     // Inserted cookies live as long as a session by default.
-    let Key::Cookie(c) = &web.affinity.key else { panic!("cookie key") };
-    assert_eq!(c.insert.as_ref().map(|i| i.max_age), Some(Duration::from_secs(24 * 3600)));
-    assert_eq!(config::summary(&snap), "test.yaml: 1 pool (2 backends), 1 listener, store embedded");
+    let Key::Cookie(c) = &web.affinity.key else {
+        panic!("cookie key")
+    };
+    assert_eq!(
+        c.insert.as_ref().map(|i| i.max_age),
+        Some(Duration::from_secs(24 * 3600))
+    );
+    assert_eq!(
+        config::summary(&snap),
+        "test.yaml: 1 pool (2 backends), 1 listener, store embedded"
+    );
 }
 
 #[test]
@@ -188,7 +215,10 @@ fn every_key_form_parses() {
         ("{ header: X-Device-Id }", "Header"),
         ("{ query: device }", "Query"),
         ("source_ip", "SourceIp"),
-        ("{ source_ip: { ipv4_mask: 24, ipv6_mask: 64 } }", "SourceIp"),
+        (
+            "{ source_ip: { ipv4_mask: 24, ipv6_mask: 64 } }",
+            "SourceIp",
+        ),
     ];
     for (form, kind) in forms {
         let text = edit("{ cookie: { name: TETHER, insert: true } }", form);
@@ -199,11 +229,6 @@ fn every_key_form_parses() {
             assert!(matches!(key, Key::SourceIp(m) if m.ipv4 == 24 && m.ipv6 == 64));
         }
     }
-}
-
-/// The 1-based column of the first occurrence of `needle` on `line` of `text`.
-fn col_of(text: &str, line: usize, needle: &str) -> Option<usize> {
-    text.lines().nth(line - 1)?.find(needle).map(|i| i + 1)
 }
 
 #[test]
@@ -236,7 +261,12 @@ fn broken_configs_are_located() {
             problems.push(format!("displayed as `{all}`"));
         }
         if !problems.is_empty() {
-            failures.push(format!("{}: {}\n    {}", c.name, problems.join("; "), all.replace('\n', "\n    ")));
+            failures.push(format!(
+                "{}: {}\n    {}",
+                c.name,
+                problems.join("; "),
+                all.replace('\n', "\n    ")
+            ));
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
@@ -270,7 +300,10 @@ listeners:
     );
     let shown = errs.to_string();
     assert_eq!(shown.lines().count(), 3);
-    assert!(shown.starts_with("test.yaml:1:18: admin.listen: `127.0.0.1` has no port"), "{shown}");
+    assert!(
+        shown.starts_with("test.yaml:1:18: admin.listen: `127.0.0.1` has no port"),
+        "{shown}"
+    );
     assert!(shown.ends_with("test.yaml:10:5: listeners[0].colour: unknown field `colour`, expected one of `name`, `bind`, `protocol`, `pool`, `max_connections`, `max_header_bytes`, `timeouts`, `proxy_protocol`, `affinity`"), "{shown}");
 }
 
@@ -297,7 +330,10 @@ fn unreadable_file_is_one_error_naming_it() {
     let missing = Path::new("/nonexistent/tether/proxy.yaml");
     let errs = config::load(missing).expect_err("missing file");
     assert_eq!(errs.len(), 1);
-    assert!(errs.to_string().contains("/nonexistent/tether/proxy.yaml"), "{errs}");
+    assert!(
+        errs.to_string().contains("/nonexistent/tether/proxy.yaml"),
+        "{errs}"
+    );
 }
 
 #[test]
@@ -312,7 +348,8 @@ fn relative_files_resolve_against_the_config_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir(dir.path().join("secrets")).expect("mkdir");
     std::fs::write(dir.path().join("secrets/token"), "s3cret-token\n").expect("write token");
-    std::fs::write(dir.path().join("secrets/cookie"), "0123456789abcdef0123\n").expect("write secret");
+    std::fs::write(dir.path().join("secrets/cookie"), "0123456789abcdef0123\n")
+        .expect("write secret");
     let text = format!(
         "admin: {{ token_file: secrets/token }}\nstore: {{ path: data/affinity.db }}\n{}",
         edit("insert: true", "insert: true, secret_file: secrets/cookie")
@@ -323,10 +360,14 @@ fn relative_files_resolve_against_the_config_directory() {
     assert_ne!(std::env::current_dir().expect("cwd"), dir.path());
     let snap = config::load(&cfg).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(snap.admin.token.as_deref(), Some("s3cret-token"));
-    let Key::Cookie(c) = &snap.listeners[0].affinity.key else { panic!("cookie") };
+    let Key::Cookie(c) = &snap.listeners[0].affinity.key else {
+        panic!("cookie")
+    };
     let secret = c.insert.as_ref().and_then(|i| i.secret.as_deref());
     assert_eq!(secret, Some(&b"0123456789abcdef0123"[..]));
-    let StoreKind::Embedded { path: Some(db) } = &snap.store.kind else { panic!("store path") };
+    let StoreKind::Embedded { path: Some(db) } = &snap.store.kind else {
+        panic!("store path")
+    };
     assert_eq!(db, &dir.path().join("data/affinity.db"));
 }
 
@@ -345,13 +386,23 @@ fn unusable_token_and_secret_files_name_their_key() {
     let got: Vec<(&str, usize)> = errs.iter().map(|e| (e.path.as_str(), e.line)).collect();
     assert_eq!(
         got,
-        [("admin.token_file", 1), ("listeners[0].affinity.key.cookie.secret_file", 12)],
+        [
+            ("admin.token_file", 1),
+            ("listeners[0].affinity.key.cookie.secret_file", 12)
+        ],
         "{errs}"
     );
-    assert!(errs.errors[0].message.contains("cannot read token_file"), "{errs}");
+    assert!(
+        errs.errors[0].message.contains("cannot read token_file"),
+        "{errs}"
+    );
     assert!(errs.errors[1].message.contains("at least 16"), "{errs}");
 
     std::fs::write(&cfg, text.replace("missing-token", "empty")).expect("write config");
     let errs = config::load(&cfg).expect_err("empty token");
-    assert!(errs.errors[0].message.contains("token_file") && errs.errors[0].message.contains("is empty"), "{errs}");
+    assert!(
+        errs.errors[0].message.contains("token_file")
+            && errs.errors[0].message.contains("is empty"),
+        "{errs}"
+    );
 }

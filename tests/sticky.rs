@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use common::{backend_of, backends, config, Client, Tether};
 
+/// Builds (path, headers) carrying key number `i`.
+type RequestFor = dyn Fn(usize) -> (String, Vec<(String, String)>);
+
 const COOKIE: &str = "{ key: { cookie: { name: TETHER, insert: true, max_age: 8h } } }";
 
 /// One fresh session (no cookie) then `n - 1` more requests with its cookie.
@@ -22,8 +25,15 @@ async fn cookie_session(addr: std::net::SocketAddr, n: usize) -> (String, String
         let r = c.get("/", &[("Cookie", &header)]).await.expect("request");
         assert_eq!(r.status, 200);
         assert_eq!(backend_of(&r), owner, "session {cookie} moved");
-        assert!(r.set_cookie("TETHER").is_none(), "a fresh cookie is not re-sent");
-        assert_eq!(r.json()["headers"]["x-tether-session"], cookie[..22], "backend sees the session key");
+        assert!(
+            r.set_cookie("TETHER").is_none(),
+            "a fresh cookie is not re-sent"
+        );
+        assert_eq!(
+            r.json()["headers"]["x-tether-session"],
+            cookie[..22],
+            "backend sees the session key"
+        );
     }
     (cookie, owner)
 }
@@ -52,11 +62,20 @@ async fn thousand_cookie_sessions_stick() {
         }
     }
     assert_eq!(cookies.len(), 1000);
-    assert_eq!(per_backend.len(), 4, "all backends get sessions: {per_backend:?}");
+    assert_eq!(
+        per_backend.len(),
+        4,
+        "all backends get sessions: {per_backend:?}"
+    );
     // the admin API agrees with what clients saw
     let mut admin = Client::new(t.admin);
     let pools = admin.get("/api/pools", &[]).await.unwrap().json();
-    let total: u64 = pools["pools"][0]["backends"].as_array().unwrap().iter().map(|b| b["sessions"].as_u64().unwrap()).sum();
+    let total: u64 = pools["pools"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["sessions"].as_u64().unwrap())
+        .sum();
     assert_eq!(total, 1000);
 }
 
@@ -115,37 +134,65 @@ async fn bounded_load_caps_the_busiest_backend() {
         let count = spread(&t, 4_000).await;
         let r = max_over_mean(&count, 4_000);
         // ceil() of the cap may add one session over the factor.
-        assert!(r <= 1.05 + 4.0 / 4_000.0, "{hash}: max/mean {r:.3} over {count:?}");
+        assert!(
+            r <= 1.05 + 4.0 / 4_000.0,
+            "{hash}: max/mean {r:.3} over {count:?}"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_query_app_cookie_and_source_ip_keys() {
     let b = backends(4).await;
-    let cases: [(&str, &dyn Fn(usize) -> (String, Vec<(String, String)>)); 3] = [
-        ("{ key: { header: X-Device-Id } }", &|i| ("/".into(), vec![("X-Device-Id".into(), format!("d{i}"))])),
-        ("{ key: { query: device } }", &|i| (format!("/p?x=1&device=d{i}"), vec![])),
-        ("{ key: { cookie: { name: JSESSIONID } } }", &|i| ("/".into(), vec![("Cookie".into(), format!("a=b; JSESSIONID=d{i}"))])),
+    let cases: [(&str, &RequestFor); 3] = [
+        ("{ key: { header: X-Device-Id } }", &|i| {
+            ("/".into(), vec![("X-Device-Id".into(), format!("d{i}"))])
+        }),
+        ("{ key: { query: device } }", &|i| {
+            (format!("/p?x=1&device=d{i}"), vec![])
+        }),
+        ("{ key: { cookie: { name: JSESSIONID } } }", &|i| {
+            (
+                "/".into(),
+                vec![("Cookie".into(), format!("a=b; JSESSIONID=d{i}"))],
+            )
+        }),
     ];
     for (affinity, req) in cases {
         let t = Tether::start(&config(&b, affinity, "", "", ""));
         let mut seen = HashSet::new();
         for i in 0..40 {
             let (path, headers) = req(i);
-            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             let mut owner = None;
             for _ in 0..3 {
                 // a new connection each time: the key, not the connection, pins
                 let r = Client::new(t.addr("web")).get(&path, &h).await.unwrap();
                 assert_eq!(r.status, 200, "{affinity}");
-                assert_eq!(r.json()["headers"]["x-tether-session"], format!("d{i}"), "{affinity}");
+                assert_eq!(
+                    r.json()["headers"]["x-tether-session"],
+                    format!("d{i}"),
+                    "{affinity}"
+                );
                 let o = backend_of(&r);
-                assert!(owner.get_or_insert(o.clone()) == &o, "{affinity}: key d{i} moved");
+                assert!(
+                    owner.get_or_insert(o.clone()) == &o,
+                    "{affinity}: key d{i} moved"
+                );
             }
             seen.insert(owner.unwrap());
-            assert!(r_has_no_cookie(&t, &path, &h).await, "{affinity}: no cookie inserted");
+            assert!(
+                r_has_no_cookie(&t, &path, &h).await,
+                "{affinity}: no cookie inserted"
+            );
         }
-        assert!(seen.len() >= 3, "{affinity}: keys spread over backends: {seen:?}");
+        assert!(
+            seen.len() >= 3,
+            "{affinity}: keys spread over backends: {seen:?}"
+        );
     }
     // source IP: every connection from 127.0.0.1 is one session
     let t = Tether::start(&config(&b, "{ key: source_ip }", "", "", ""));
@@ -157,7 +204,13 @@ async fn header_query_app_cookie_and_source_ip_keys() {
     }
     assert_eq!(owners.len(), 1);
     // masked: the /24 network is the key
-    let t = Tether::start(&config(&b, "{ key: { source_ip: { ipv4_mask: 24, ipv6_mask: 64 } } }", "", "", ""));
+    let t = Tether::start(&config(
+        &b,
+        "{ key: { source_ip: { ipv4_mask: 24, ipv6_mask: 64 } } }",
+        "",
+        "",
+        "",
+    ));
     let r = Client::new(t.addr("web")).get("/", &[]).await.unwrap();
     assert_eq!(r.json()["headers"]["x-tether-session"], "127.0.0.0");
 }
@@ -171,21 +224,42 @@ async fn r_has_no_cookie(t: &Tether, path: &str, h: &[(&str, &str)]) -> bool {
 async fn fallbacks_when_the_key_is_absent() {
     let b = backends(4).await;
     // source_ip: keyed by the client address
-    let t = Tether::start(&config(&b, "{ key: { header: X-Device-Id }, fallback: source_ip }", "", "", ""));
+    let t = Tether::start(&config(
+        &b,
+        "{ key: { header: X-Device-Id }, fallback: source_ip }",
+        "",
+        "",
+        "",
+    ));
     let r = Client::new(t.addr("web")).get("/", &[]).await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["headers"]["x-tether-session"], "127.0.0.1");
     // reject: 400, nothing reaches a backend
     let before: u64 = b.iter().map(|b| b.stats.requests()).sum();
-    let t = Tether::start(&config(&b, "{ key: { header: X-Device-Id }, fallback: reject }", "", "", ""));
+    let t = Tether::start(&config(
+        &b,
+        "{ key: { header: X-Device-Id }, fallback: reject }",
+        "",
+        "",
+        "",
+    ));
     let r = Client::new(t.addr("web")).get("/", &[]).await.unwrap();
     assert_eq!(r.status, 400);
     let after: u64 = b.iter().map(|b| b.stats.requests()).sum();
     assert_eq!(before, after);
-    let r = Client::new(t.addr("web")).get("/", &[("X-Device-Id", "d1")]).await.unwrap();
+    let r = Client::new(t.addr("web"))
+        .get("/", &[("X-Device-Id", "d1")])
+        .await
+        .unwrap();
     assert_eq!(r.status, 200);
     // random: spread, nothing recorded, no session header
-    let t = Tether::start(&config(&b, "{ key: { header: X-Device-Id }, fallback: random }", "", "", ""));
+    let t = Tether::start(&config(
+        &b,
+        "{ key: { header: X-Device-Id }, fallback: random }",
+        "",
+        "",
+        "",
+    ));
     let mut owners = HashSet::new();
     for _ in 0..60 {
         let r = Client::new(t.addr("web")).get("/", &[]).await.unwrap();
@@ -194,7 +268,11 @@ async fn fallbacks_when_the_key_is_absent() {
         owners.insert(backend_of(&r));
     }
     assert!(owners.len() >= 3, "random spreads: {owners:?}");
-    let pools = Client::new(t.admin).get("/api/pools", &[]).await.unwrap().json();
+    let pools = Client::new(t.admin)
+        .get("/api/pools", &[])
+        .await
+        .unwrap()
+        .json();
     assert_eq!(pools["pools"][0]["sessions"], 0, "random records nothing");
 }
 
@@ -208,7 +286,10 @@ async fn forged_or_tampered_cookies_get_a_fresh_session() {
     let tampered = String::from_utf8(tampered).unwrap();
     let forged = "A".repeat(73);
     for bad in [tampered.as_str(), forged.as_str(), "127.0.0.1:9001", ""] {
-        let r = Client::new(t.addr("web")).get("/", &[("Cookie", &format!("TETHER={bad}"))]).await.unwrap();
+        let r = Client::new(t.addr("web"))
+            .get("/", &[("Cookie", &format!("TETHER={bad}"))])
+            .await
+            .unwrap();
         assert_eq!(r.status, 200);
         let fresh = r.set_cookie("TETHER").expect("a fresh cookie");
         assert_ne!(fresh, cookie);
@@ -220,7 +301,13 @@ async fn forged_or_tampered_cookies_get_a_fresh_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_is_resent_after_half_its_max_age() {
     let b = backends(2).await;
-    let t = Tether::start(&config(&b, "{ key: { cookie: { name: TETHER, insert: true, max_age: 4s } } }", "", "", ""));
+    let t = Tether::start(&config(
+        &b,
+        "{ key: { cookie: { name: TETHER, insert: true, max_age: 4s } } }",
+        "",
+        "",
+        "",
+    ));
     let mut c = Client::new(t.addr("web"));
     let first = c.get("/", &[]).await.unwrap();
     let cookie = first.set_cookie("TETHER").unwrap();
@@ -228,13 +315,18 @@ async fn cookie_is_resent_after_half_its_max_age() {
     for attr in ["Max-Age=4", "HttpOnly", "SameSite=Lax", "Path=/"] {
         assert!(set.contains(attr), "{set} lacks {attr}");
     }
-    assert!(!set.contains("Secure"), "no Secure on a plain-HTTP listener");
+    assert!(
+        !set.contains("Secure"),
+        "no Secure on a plain-HTTP listener"
+    );
     let h = format!("TETHER={cookie}");
     let r = c.get("/", &[("Cookie", &h)]).await.unwrap();
     assert!(r.set_cookie("TETHER").is_none());
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let r = c.get("/", &[("Cookie", &h)]).await.unwrap();
-    let again = r.set_cookie("TETHER").expect("re-sent after half of max_age");
+    let again = r
+        .set_cookie("TETHER")
+        .expect("re-sent after half of max_age");
     assert_eq!(again[..22], cookie[..22], "same session id");
     assert_eq!(backend_of(&r), backend_of(&first));
 }
@@ -243,7 +335,10 @@ async fn cookie_is_resent_after_half_its_max_age() {
 async fn backend_cookies_are_kept_beside_ours() {
     let b = backends(1).await;
     let t = Tether::start(&config(&b, COOKIE, "", "", ""));
-    let r = Client::new(t.addr("web")).get("/set-cookie", &[]).await.unwrap();
+    let r = Client::new(t.addr("web"))
+        .get("/set-cookie", &[])
+        .await
+        .unwrap();
     assert!(r.set_cookie("TETHER").is_some());
     assert_eq!(r.set_cookie("app").as_deref(), Some("1"));
 }

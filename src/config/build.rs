@@ -12,7 +12,7 @@ use super::locate::KeyPath;
 use super::model::Snapshot;
 use super::raw::{RawAdmin, RawServer, RawStore, SESSION_TTL, TOP_KEYS};
 use super::values::{id_problem, key_text};
-use super::{listener, sections, validate};
+use super::{listener, pool, sections, validate};
 
 pub(crate) fn snapshot(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
     let mut root: Value = serde_yaml::from_str(text).map_err(|e| syntax_error(file, &e))?;
@@ -64,13 +64,19 @@ pub(crate) fn snapshot(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors
     let (pool_names, pools) = pools(&mut r, &top.key("pools"), map.get("pools"));
 
     let path = top.key("listeners");
+    let mut facts = Vec::new();
     let mut listeners = Vec::new();
     match map.get("listeners") {
         Some(Value::Sequence(items)) if !items.is_empty() => {
             for (i, item) in items.iter().enumerate() {
                 let lp = path.idx(i);
-                let l = listener::listener(&mut r, &lp, item, session_ttl);
-                listeners.push((lp, l));
+                match listener::listener(&mut r, &lp, item, session_ttl) {
+                    Some((f, l)) => {
+                        facts.push((lp, f));
+                        listeners.push(l);
+                    }
+                    None => listeners.push(None),
+                }
             }
         }
         None | Some(Value::Null) | Some(Value::Sequence(_)) => {
@@ -85,14 +91,14 @@ pub(crate) fn snapshot(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors
             admin: admin.as_ref(),
             server: server.as_ref(),
             pool_names: &pool_names,
-            listeners: &listeners,
+            listeners: &facts,
         },
     );
     if r.has_errors() {
         return Err(r.finish());
     }
     let pools: Option<Vec<_>> = pools.into_iter().collect();
-    let listeners: Option<Vec<_>> = listeners.into_iter().map(|(_, l)| l).collect();
+    let listeners: Option<Vec<_>> = listeners.into_iter().collect();
     match (admin, server, store, pools, listeners) {
         (Some(admin), Some(server), Some(store), Some(pools), Some(listeners)) => Ok(Snapshot {
             source: file.to_path_buf(),
@@ -151,7 +157,7 @@ fn pools(
         if let Some(problem) = id_problem("pool name", &name) {
             r.err_key(&pp, problem);
         }
-        pools.push(sections::pool(r, &pp, &name, v));
+        pools.push(pool::pool(r, &pp, &name, v));
         names.push(name);
     }
     (names, pools)

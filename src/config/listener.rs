@@ -10,18 +10,20 @@ use super::error::Report;
 use super::locate::KeyPath;
 use super::model::*;
 use super::raw::*;
+use super::validate::Facts;
 use super::values::{self, Scalar, Zero};
 
 const KEY_KINDS: &str = "`cookie`, `header`, `query`, `source_ip`";
 
-/// One listener; `None` when it could not be read at all. `session_ttl` is the
-/// default `max_age` of inserted cookies.
+/// One listener: what the cross-section checks need, and the listener itself
+/// when every part of it converted. `None` when it could not be read at all.
+/// `session_ttl` is the default `max_age` of inserted cookies.
 pub(crate) fn listener(
     r: &mut Report,
     path: &KeyPath,
     value: &Value,
     session_ttl: Duration,
-) -> Option<Listener> {
+) -> Option<(Facts, Option<Listener>)> {
     let raw: RawListener = r.de(path, value)?;
     let name = raw.name.as_str();
     if let Some(problem) = values::id_problem("listener name", name) {
@@ -80,19 +82,26 @@ pub(crate) fn listener(
         RawFallback::Random => Fallback::Random,
         RawFallback::Reject => Fallback::Reject,
     };
-    Some(Listener {
+    let facts = Facts {
         name: Arc::from(name),
-        bind: bind?,
-        protocol,
+        bind,
         pool: Arc::from(raw.pool.as_str()),
         max_connections,
-        timeouts,
-        max_header_bytes,
-        affinity: Affinity {
-            key: key?,
-            fallback,
-        },
-    })
+    };
+    let listener = match (bind, key) {
+        (Some(bind), Some(key)) => Some(Listener {
+            name: facts.name.clone(),
+            bind,
+            protocol,
+            pool: facts.pool.clone(),
+            max_connections,
+            timeouts,
+            max_header_bytes,
+            affinity: Affinity { key, fallback },
+        }),
+        _ => None,
+    };
+    Some((facts, listener))
 }
 
 fn key(r: &mut Report, path: &KeyPath, value: &Value, session_ttl: Duration) -> Option<Key> {

@@ -1,88 +1,16 @@
-//! Where things are in `proxy.yaml`: key paths ([`KeyPath`]) and the position
-//! index (key path -> line:col) built from `yaml-rust2`'s marked event stream.
+//! Where things are in `proxy.yaml`: the position index (key path -> line:col)
+//! built from `yaml-rust2`'s marked event stream.
 //!
 //! `serde_yaml::Value` forgets positions, so every error found while converting
 //! a value is located afterwards by looking its key path up here.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use yaml_rust2::parser::{MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 use yaml_rust2::Event;
 
-/// One step of a key path: a mapping key or a sequence index.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum Seg {
-    Key(String),
-    Idx(usize),
-}
-
-/// A path from the document root, displayed like `pools.app.backends[1].weight`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub(crate) struct KeyPath(Vec<Seg>);
-
-impl KeyPath {
-    pub(crate) fn root() -> Self {
-        KeyPath(Vec::new())
-    }
-
-    /// This path extended by a mapping key.
-    pub(crate) fn key(&self, key: &str) -> Self {
-        let mut segs = self.0.clone();
-        segs.push(Seg::Key(key.to_owned()));
-        KeyPath(segs)
-    }
-
-    /// This path extended by a sequence index.
-    pub(crate) fn idx(&self, index: usize) -> Self {
-        let mut segs = self.0.clone();
-        segs.push(Seg::Idx(index));
-        KeyPath(segs)
-    }
-
-    /// This path extended by the path `serde_path_to_error` reports inside a piece.
-    pub(crate) fn join(&self, inner: &serde_path_to_error::Path) -> Self {
-        use serde_path_to_error::Segment;
-        let mut segs = self.0.clone();
-        for seg in inner.iter() {
-            match seg {
-                Segment::Seq { index } => segs.push(Seg::Idx(*index)),
-                Segment::Map { key } => segs.push(Seg::Key(key.clone())),
-                Segment::Enum { variant } => segs.push(Seg::Key(variant.clone())),
-                Segment::Unknown => {}
-            }
-        }
-        KeyPath(segs)
-    }
-
-    /// The last mapping key of the path (`token_file` in `admin.token_file`).
-    pub(crate) fn last_key(&self) -> &str {
-        match self.0.last() {
-            Some(Seg::Key(k)) => k,
-            _ => "",
-        }
-    }
-
-    fn parent(&self) -> Option<Self> {
-        let mut segs = self.0.clone();
-        segs.pop()?;
-        Some(KeyPath(segs))
-    }
-}
-
-impl fmt::Display for KeyPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, seg) in self.0.iter().enumerate() {
-            match seg {
-                Seg::Key(k) if i == 0 => f.write_str(k)?,
-                Seg::Key(k) => write!(f, ".{k}")?,
-                Seg::Idx(n) => write!(f, "[{n}]")?,
-            }
-        }
-        Ok(())
-    }
-}
+pub(crate) use super::keypath::KeyPath;
 
 /// A 1-based line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,8 +83,17 @@ impl Index {
 }
 
 enum Frame {
-    Map { path: KeyPath, state: MapState },
-    Seq { path: KeyPath, next: usize },
+    /// `first`: no key seen yet. A block mapping's start mark is the `:` after
+    /// its first key, so the mapping is relocated to that key when it arrives.
+    Map {
+        path: KeyPath,
+        state: MapState,
+        first: bool,
+    },
+    Seq {
+        path: KeyPath,
+        next: usize,
+    },
 }
 
 enum MapState {
@@ -187,20 +124,32 @@ impl Builder {
                 *next += 1;
                 (path.idx(*next - 1), pos)
             }
-            Some(Frame::Map { path, state }) => match std::mem::replace(state, MapState::Key) {
-                MapState::Key => {
-                    *state = match scalar {
-                        Some(k) => MapState::Value(k.to_owned(), pos),
-                        None => MapState::ComplexKey(pos),
-                    };
-                    return path.key(COMPLEX_KEY);
+            Some(Frame::Map { path, state, first }) => {
+                match std::mem::replace(state, MapState::Key) {
+                    MapState::Key => {
+                        if std::mem::take(first) {
+                            if let Some(e) = self.map.get_mut(path) {
+                                if (pos.line, pos.col) < (e.value.line, e.value.col) {
+                                    if e.key == e.value {
+                                        e.key = pos;
+                                    }
+                                    e.value = pos;
+                                }
+                            }
+                        }
+                        *state = match scalar {
+                            Some(k) => MapState::Value(k.to_owned(), pos),
+                            None => MapState::ComplexKey(pos),
+                        };
+                        return path.key(COMPLEX_KEY);
+                    }
+                    MapState::ComplexKey(p) => {
+                        *state = MapState::ComplexKey(p);
+                        return path.key(COMPLEX_KEY);
+                    }
+                    MapState::Value(k, kpos) => (path.key(&k), kpos),
                 }
-                MapState::ComplexKey(p) => {
-                    *state = MapState::ComplexKey(p);
-                    return path.key(COMPLEX_KEY);
-                }
-                MapState::Value(k, kpos) => (path.key(&k), kpos),
-            },
+            }
         };
         let entry = Entry {
             key,
@@ -236,6 +185,7 @@ impl MarkedEventReceiver for Builder {
                 self.stack.push(Frame::Map {
                     path,
                     state: MapState::Key,
+                    first: true,
                 });
             }
             Event::SequenceStart(..) => {
@@ -252,7 +202,8 @@ impl MarkedEventReceiver for Builder {
 mod tests {
     use super::*;
 
-    const DOC: &str = "a:\n  b: 1\n  list:\n    - { id: x, n: 2 }\n    - y\nc: [1, 2]\n";
+    const DOC: &str =
+        "a:\n  b: 1\n  list:\n    - { id: x, n: 2 }\n    - y\n    - k: v\nc: [1, 2]\n";
 
     fn at(line: usize, col: usize) -> Pos {
         Pos { line, col }
@@ -269,19 +220,12 @@ mod tests {
         assert_eq!(idx.pos(&item.key("n")), at(4, 19));
         assert_eq!(idx.key_pos(&item.key("id")), at(4, 9));
         assert_eq!(idx.pos(&a.key("list").idx(1)), at(5, 7));
-        assert_eq!(idx.pos(&KeyPath::root().key("c").idx(1)), at(6, 8));
+        assert_eq!(idx.pos(&KeyPath::root().key("c").idx(1)), at(7, 8));
+        // Block mappings are located at their first key, not at its `:`.
+        assert_eq!(idx.pos(&KeyPath::root()), at(1, 1));
+        assert_eq!(idx.pos(&a.key("list").idx(2)), at(6, 7));
+        assert_eq!(idx.pos(&item), at(4, 7));
         // Unknown paths fall back to the nearest ancestor.
         assert_eq!(idx.pos(&item.key("missing")), idx.pos(&item));
-    }
-
-    #[test]
-    fn displays_like_dotted_paths() {
-        let p = KeyPath::root()
-            .key("pools")
-            .key("app")
-            .key("backends")
-            .idx(1)
-            .key("weight");
-        assert_eq!(p.to_string(), "pools.app.backends[1].weight");
     }
 }

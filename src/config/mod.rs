@@ -5,14 +5,17 @@
 //! is the one-line description `tether check` prints.
 //!
 //! Files: `raw` (serde shapes and defaults), `build` (the pipeline),
-//! `sections` / `listener` (conversion), `validate` (cross-section checks),
-//! `values` (scalar converters), `locate` (key path -> line:col), `error`.
+//! `sections` / `pool` / `listener` (conversion), `validate` (cross-section
+//! checks), `values` (scalar converters), `keypath` and `locate` (key path ->
+//! line:col), `error`.
 
 mod build;
 mod error;
+mod keypath;
 mod listener;
 mod locate;
 mod model;
+mod pool;
 mod raw;
 mod sections;
 mod validate;

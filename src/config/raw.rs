@@ -81,14 +81,20 @@ pub(crate) const MIN_SECRET_BYTES: usize = 16;
 pub(crate) const TOP_KEYS: &[&str] = &["admin", "server", "store", "pools", "listeners"];
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "the admin settings (listen, token_file)"
+)]
 pub(crate) struct RawAdmin {
     pub listen: Option<Scalar>,
     pub token_file: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "the server settings (shutdown_grace, upgrade_grace, max_connections, trusted_proxies, threads)"
+)]
 pub(crate) struct RawServer {
     pub shutdown_grace: Option<Scalar>,
     pub upgrade_grace: Option<Scalar>,
@@ -98,7 +104,10 @@ pub(crate) struct RawServer {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "the store settings (kind, path, session_ttl, max_sessions)"
+)]
 pub(crate) struct RawStore {
     pub kind: Option<RawStoreKind>,
     pub path: Option<Scalar>,
@@ -116,7 +125,10 @@ pub(crate) enum RawStoreKind {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a pool: a mapping with `backends` and optional hash, health, timeouts, ..."
+)]
 pub(crate) struct RawPool {
     pub hash: Option<RawHash>,
     pub bounded_load: Option<f64>,
@@ -152,14 +164,20 @@ pub(crate) enum RawFailback {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "pool timeouts like { connect: 2s, response_header: 30s }"
+)]
 pub(crate) struct RawPoolTimeouts {
     pub connect: Option<Scalar>,
     pub response_header: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "health check settings like { kind: http, path: /healthz, interval: 1s }"
+)]
 pub(crate) struct RawHealth {
     pub kind: Option<RawHealthKind>,
     pub path: Option<String>,
@@ -180,7 +198,10 @@ pub(crate) enum RawHealthKind {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a backend like { id: app-1, addr: \"127.0.0.1:9001\" }"
+)]
 pub(crate) struct RawBackend {
     pub id: Scalar,
     pub addr: Scalar,
@@ -188,7 +209,10 @@ pub(crate) struct RawBackend {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a listener: a mapping with name, bind, pool and affinity"
+)]
 pub(crate) struct RawListener {
     pub name: Scalar,
     pub bind: Scalar,
@@ -212,7 +236,10 @@ pub(crate) enum RawProtocol {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "listener timeouts like { client_header: 10s, idle: 1h, keepalive: 60s }"
+)]
 pub(crate) struct RawListenerTimeouts {
     pub client_header: Option<Scalar>,
     pub idle: Option<Scalar>,
@@ -220,7 +247,10 @@ pub(crate) struct RawListenerTimeouts {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "affinity settings like { key: source_ip, fallback: random }"
+)]
 pub(crate) struct RawAffinity {
     /// `source_ip` or a one-entry mapping; converted by hand in `listener`.
     pub key: Value,
@@ -237,7 +267,10 @@ pub(crate) enum RawFallback {
 
 /// `key: { cookie: { ... } }`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "cookie settings like { name: TETHER, insert: true }"
+)]
 pub(crate) struct RawCookie {
     pub name: Scalar,
     pub insert: Option<bool>,
@@ -247,7 +280,10 @@ pub(crate) struct RawCookie {
 
 /// `key: { source_ip: { ... } }`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "source_ip masks like { ipv4_mask: 24, ipv6_mask: 64 }"
+)]
 pub(crate) struct RawSourceIp {
     pub ipv4_mask: Option<u8>,
     pub ipv6_mask: Option<u8>,

@@ -4,10 +4,21 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use super::error::Report;
 use super::locate::KeyPath;
-use super::model::{Admin, Listener, Server};
+use super::model::{Admin, Server};
+
+/// What the checks need of a listener; known even when its affinity or
+/// another part of it is broken, so those errors hide no duplicates.
+pub(crate) struct Facts {
+    pub name: Arc<str>,
+    /// `None`: the bind did not parse (already reported).
+    pub bind: Option<SocketAddr>,
+    pub pool: Arc<str>,
+    pub max_connections: usize,
+}
 
 /// What the cross-section checks look at. Sections that could not be read are
 /// `None` (their own errors are already reported); `pool_names` holds every
@@ -16,14 +27,13 @@ pub(crate) struct Parts<'a> {
     pub admin: Option<&'a Admin>,
     pub server: Option<&'a Server>,
     pub pool_names: &'a [String],
-    pub listeners: &'a [(KeyPath, Option<Listener>)],
+    pub listeners: &'a [(KeyPath, Facts)],
 }
 
 pub(crate) fn cross(r: &mut Report, parts: &Parts<'_>) {
     let mut names: HashMap<&str, &KeyPath> = HashMap::new();
     let mut binds: Vec<(SocketAddr, &str, &KeyPath)> = Vec::new();
     for (path, l) in parts.listeners {
-        let Some(l) = l else { continue };
         let name = &*l.name;
         if let Some(first) = names.get(name) {
             let line = r.line_of(&first.key("name"));
@@ -35,44 +45,14 @@ pub(crate) fn cross(r: &mut Report, parts: &Parts<'_>) {
             names.insert(name, path);
         }
 
-        let bind_path = path.key("bind");
-        if let Some((other, other_name, other_path)) =
-            binds.iter().find(|(b, ..)| overlaps(*b, l.bind))
-        {
-            let line = r.line_of(&other_path.key("bind"));
-            let message = if *other == l.bind {
-                format!(
-                    "duplicate bind {}: already used by listener `{other_name}` (line {line})",
-                    l.bind
-                )
-            } else {
-                format!(
-                    "bind {} overlaps {other} of listener `{other_name}` (line {line})",
-                    l.bind
-                )
-            };
-            r.err(&bind_path, message);
-        }
-        binds.push((l.bind, name, path));
-
-        if let Some(admin) = parts.admin {
-            if overlaps(admin.listen, l.bind) {
-                r.err(
-                    &bind_path,
-                    format!(
-                        "bind {} collides with admin.listen {}",
-                        l.bind, admin.listen
-                    ),
-                );
-            }
+        if let Some(bind) = l.bind {
+            binds_check(r, &mut binds, parts.admin, path, name, bind);
         }
 
-        if !parts.pool_names.iter().any(|p| *p == *l.pool) {
-            let known = if parts.pool_names.is_empty() {
-                "none".to_owned()
-            } else {
-                parts.pool_names.join(", ")
-            };
+        // With no pools at all, "at least one pool is required" says it all.
+        let names = parts.pool_names;
+        if !names.is_empty() && !names.iter().any(|p| *p == *l.pool) {
+            let known = names.join(", ");
             r.err(
                 &path.key("pool"),
                 format!("no pool named `{}` (pools: {known})", l.pool),
@@ -89,6 +69,36 @@ pub(crate) fn cross(r: &mut Report, parts: &Parts<'_>) {
                     ),
                 );
             }
+        }
+    }
+}
+
+/// `bind` against the binds seen so far and against `admin.listen`.
+fn binds_check<'a>(
+    r: &mut Report,
+    binds: &mut Vec<(SocketAddr, &'a str, &'a KeyPath)>,
+    admin: Option<&Admin>,
+    path: &'a KeyPath,
+    name: &'a str,
+    bind: SocketAddr,
+) {
+    let bind_path = path.key("bind");
+    if let Some((other, other_name, other_path)) = binds.iter().find(|(b, ..)| overlaps(*b, bind)) {
+        let line = r.line_of(&other_path.key("bind"));
+        let message = if *other == bind {
+            format!("duplicate bind {bind}: already used by listener `{other_name}` (line {line})")
+        } else {
+            format!("bind {bind} overlaps {other} of listener `{other_name}` (line {line})")
+        };
+        r.err(&bind_path, message);
+    }
+    binds.push((bind, name, path));
+    if let Some(admin) = admin {
+        if overlaps(admin.listen, bind) {
+            r.err(
+                &bind_path,
+                format!("bind {bind} collides with admin.listen {}", admin.listen),
+            );
         }
     }
 }

@@ -59,7 +59,7 @@ impl<'de> Deserialize<'de> for Scalar {
 /// Whether zero is an acceptable duration for a key.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Zero {
-    /// Grace periods: zero means "at once".
+    /// Grace periods (`shutdown_grace`, `upgrade_grace`): zero means "at once".
     Allowed,
     /// Timeouts, intervals, lifetimes: zero would never work.
     Rejected,

@@ -21,6 +21,7 @@ use pingora::ErrorType;
 
 use super::conn::{ConnInfo, ConnStream};
 use super::listener::ListenerRt;
+use super::tunnel;
 use crate::affinity::key::{self, IpKey};
 use crate::config::{Fallback, Key};
 use crate::pool::{BackendRt, Decision};
@@ -69,6 +70,16 @@ async fn answer(
     session.set_keepalive(None);
     session.write_response_header(Box::new(resp), true).await?;
     Ok(true)
+}
+
+/// Did the client's raw header block carry a `Content-Length` line?
+fn raw_has_content_length(session: &Session) -> bool {
+    let Some(h1) = session.as_downstream().as_http1() else {
+        return false;
+    };
+    h1.get_headers_raw_bytes()
+        .split(|&b| b == b'\n')
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
 }
 
 impl Router {
@@ -191,6 +202,66 @@ impl Router {
         self.apply(session, ctx, decision).await
     }
 
+    /// Spec rule 7: what every request forwarded upstream carries.
+    fn rewrite_upstream(&self, session: &Session, up: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+        if let Some(v) = &ctx.session {
+            up.insert_header("x-tether-session", v.clone())?;
+        }
+        if let Some((from, reason)) = &ctx.moved {
+            up.insert_header("x-tether-moved-from", &**from)?;
+            up.insert_header("x-tether-move-reason", reason.as_str())?;
+        }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(peer) = peer {
+            let trusted = self.listener.is_trusted(peer);
+            let prior = up
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .filter(|_| trusted);
+            let xff = match prior {
+                Some(p) => format!("{p}, {peer}"),
+                None => peer.to_string(),
+            };
+            up.insert_header("x-forwarded-for", xff)?;
+            if !(trusted && up.headers.contains_key("x-forwarded-proto")) {
+                up.insert_header("x-forwarded-proto", "http")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Serve a WebSocket upgrade end to end (see `tunnel`). Always answers.
+    async fn tunnel(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let Some((_, b)) = ctx.backend.clone() else {
+            return answer(session, 503, &[("retry-after", "1")]).await;
+        };
+        let mut req = session.req_header().clone();
+        self.rewrite_upstream(session, &mut req, ctx)?;
+        let t = tunnel::Timeouts {
+            connect: self.listener.pool.cfg.timeouts.connect,
+            response_header: self.listener.pool.cfg.timeouts.response_header,
+            idle: self.listener.cfg.timeouts.idle,
+        };
+        b.upstream_active.inc();
+        let res = tunnel::websocket(session, b.addr, &req, &t).await;
+        b.upstream_active.dec();
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                tracing::debug!(backend = %b.id, error = %e, "websocket upgrade failed");
+                let code = match e.etype() {
+                    ErrorType::ConnectTimedout | ErrorType::ReadTimedout => 504,
+                    _ => 502,
+                };
+                answer(session, code, &[]).await
+            }
+        }
+    }
+
     async fn apply(&self, session: &mut Session, ctx: &mut Ctx, d: Decision) -> Result<bool> {
         match d {
             Decision::NoBackend => answer(session, 503, &[("retry-after", "1")]).await,
@@ -242,9 +313,8 @@ impl ProxyHttp for Router {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
         // Request smuggling guard (RFC 9112 6.1): both framings at once is an attack or a bug.
-        if req.headers.contains_key(header::TRANSFER_ENCODING)
-            && req.headers.contains_key(header::CONTENT_LENGTH)
-        {
+        // pingora drops Content-Length when both are present, so look at the raw header.
+        if req.headers.contains_key(header::TRANSFER_ENCODING) && raw_has_content_length(session) {
             return answer(session, 400, &[]).await;
         }
         let peer = session
@@ -253,7 +323,13 @@ impl ProxyHttp for Router {
             .map(|a| a.ip());
         ctx.client_ip = self.client_ip(session.req_header(), peer);
         ctx.upgrade = Self::sanitize(session.req_header_mut());
-        self.decide(session, ctx).await
+        if self.decide(session, ctx).await? {
+            return Ok(true);
+        }
+        if ctx.upgrade {
+            return self.tunnel(session, ctx).await;
+        }
+        Ok(false)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -297,34 +373,7 @@ impl ProxyHttp for Router {
         up: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(v) = &ctx.session {
-            up.insert_header("x-tether-session", v.clone())?;
-        }
-        if let Some((from, reason)) = &ctx.moved {
-            up.insert_header("x-tether-moved-from", &**from)?;
-            up.insert_header("x-tether-move-reason", reason.as_str())?;
-        }
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        if let Some(peer) = peer {
-            let trusted = self.listener.is_trusted(peer);
-            let prior = up
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .filter(|_| trusted);
-            let xff = match prior {
-                Some(p) => format!("{p}, {peer}"),
-                None => peer.to_string(),
-            };
-            up.insert_header("x-forwarded-for", xff)?;
-            if !(trusted && up.headers.contains_key("x-forwarded-proto")) {
-                up.insert_header("x-forwarded-proto", "http")?;
-            }
-        }
-        Ok(())
+        self.rewrite_upstream(session, up, ctx)
     }
 
     async fn response_filter(

@@ -9,10 +9,12 @@
 //! coarse clock that hits stamp into `last_seen`, expires idle sessions and queues
 //! `last_seen` touches; inserts past `max_sessions` evict idle sessions (`sweep.rs`).
 
+#[cfg(test)]
+mod lifetime_tests;
 mod pool;
 mod sweep;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::io;
 use std::path::PathBuf;

@@ -16,11 +16,18 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -33,9 +40,12 @@ impl Response {
 
     /// The value of the tether cookie `name` set by this response, if any.
     pub fn set_cookie(&self, name: &str) -> Option<String> {
-        self.headers_named("set-cookie")
-            .into_iter()
-            .find_map(|c| c.strip_prefix(&format!("{name}="))?.split(';').next().map(str::to_string))
+        self.headers_named("set-cookie").into_iter().find_map(|c| {
+            c.strip_prefix(&format!("{name}="))?
+                .split(';')
+                .next()
+                .map(str::to_string)
+        })
     }
 }
 
@@ -66,8 +76,17 @@ impl Client {
         self.raw(req.as_bytes()).await
     }
 
-    pub async fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n", body.len());
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n",
+            body.len()
+        );
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -87,7 +106,12 @@ impl Client {
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no response in 20 s"))?;
         match &resp {
-            Ok(r) if r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) => self.conn = None,
+            Ok(r)
+                if r.header("connection")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("close")) =>
+            {
+                self.conn = None
+            }
             Err(_) => self.conn = None,
             _ => {}
         }
@@ -104,7 +128,12 @@ pub async fn read_response(c: &mut BufReader<TcpStream>) -> std::io::Result<Resp
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad status line {line:?}")))?;
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad status line {line:?}"),
+            )
+        })?;
     let mut headers = Vec::new();
     loop {
         line.clear();
@@ -117,7 +146,12 @@ pub async fn read_response(c: &mut BufReader<TcpStream>) -> std::io::Result<Resp
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
-    let find = |n: &str| headers.iter().find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+    let find = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
     let mut body = Vec::new();
     if status == 101 || status == 204 || status == 304 || (100..200).contains(&status) {
         // no body
@@ -126,7 +160,9 @@ pub async fn read_response(c: &mut BufReader<TcpStream>) -> std::io::Result<Resp
             line.clear();
             c.read_line(&mut line).await?;
             let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size"))?;
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size")
+                })?;
             if size == 0 {
                 line.clear();
                 c.read_line(&mut line).await?;
@@ -142,5 +178,9 @@ pub async fn read_response(c: &mut BufReader<TcpStream>) -> std::io::Result<Resp
     } else {
         c.read_to_end(&mut body).await?;
     }
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }

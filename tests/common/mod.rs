@@ -44,7 +44,10 @@ impl Tether {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TETHER_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -71,7 +74,10 @@ impl Tether {
                 Ok(l) => l,
                 Err(_) => {
                     let _ = child.kill();
-                    panic!("tether did not become ready; log:\n{}", log.lock().unwrap().join("\n"));
+                    panic!(
+                        "tether did not become ready; log:\n{}",
+                        log.lock().unwrap().join("\n")
+                    );
                 }
             };
             if let Some((name, addr)) = parse_listening(&line) {
@@ -85,7 +91,14 @@ impl Tether {
                 break;
             }
         }
-        Tether { child, listeners, admin: admin.expect("admin address logged"), dir, config, log }
+        Tether {
+            child,
+            listeners,
+            admin: admin.expect("admin address logged"),
+            dir,
+            config,
+            log,
+        }
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
@@ -131,7 +144,12 @@ fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     if !line.contains("listening") {
         return None;
     }
-    let name = line.split("listener=").nth(1)?.split_whitespace().next()?.trim_matches('"');
+    let name = line
+        .split("listener=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .trim_matches('"');
     let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
     Some((name.to_string(), addr.parse().ok()?))
 }
@@ -140,7 +158,11 @@ fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
 pub async fn backends(n: usize) -> Vec<whoami::Running> {
     let mut v = Vec::new();
     for i in 1..=n {
-        v.push(whoami::start(&format!("b{i}"), "127.0.0.1:0").await.expect("start backend"));
+        v.push(
+            whoami::start(&format!("b{i}"), "127.0.0.1:0")
+                .await
+                .expect("start backend"),
+        );
     }
     v
 }
@@ -155,7 +177,13 @@ pub fn backend_yaml(backends: &[whoami::Running]) -> String {
 
 /// A one-listener config: pool `app` over `backends`, listener `web` with `affinity`
 /// (YAML flow text for `affinity:`), plus `extra` top-level YAML and pool lines.
-pub fn config(backends: &[whoami::Running], affinity: &str, pool_extra: &str, listener_extra: &str, extra: &str) -> String {
+pub fn config(
+    backends: &[whoami::Running],
+    affinity: &str,
+    pool_extra: &str,
+    listener_extra: &str,
+    extra: &str,
+) -> String {
     format!(
         "admin: {{ listen: \"127.0.0.1:0\" }}\n\
          {extra}\n\

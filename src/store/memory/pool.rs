@@ -17,7 +17,7 @@ use dashmap::mapref::entry::Entry as Slot;
 use dashmap::DashMap;
 
 use super::Shared;
-use crate::store::{now_ms, Hit, MoveReason, PoolStore, Session, StoreError};
+use crate::store::{Hit, MoveReason, PoolStore, Session, StoreError};
 
 /// Who owns a key; replaced whole on every change.
 struct Record {
@@ -208,17 +208,17 @@ impl PoolStore for MemPool {
         // Take the slot before inserting so that racing inserts cannot all slip
         // under `max_sessions`; handed back below if another task wins the key.
         self.shared.reserve();
-        let now = now_ms();
-        self.shared.clock.fetch_max(now, Relaxed);
+        let session = Session::new(backend);
+        self.shared.clock.fetch_max(session.since, Relaxed);
         let hit = match self.pool.map.entry(key.into()) {
             Slot::Occupied(slot) => {
                 self.shared.total.fetch_sub(1, Relaxed);
                 let entry = slot.get();
-                entry.last_seen.fetch_max(now, Relaxed);
+                entry.last_seen.fetch_max(session.since, Relaxed);
                 entry.hit()
             }
             Slot::Vacant(slot) => {
-                let entry = Entry::new(&Session::new(backend));
+                let entry = Entry::new(&session);
                 self.pool.count(&entry.record.load().backend, true);
                 self.journal_put(key, &entry);
                 let hit = entry.hit();

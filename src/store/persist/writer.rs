@@ -9,10 +9,17 @@
 //! After a write error it stops appending (a half-written line must not be followed
 //! by more) and retries a compaction, which rewrites everything from memory, until
 //! one succeeds.
+//!
+//! Handover: a successor started with `--upgrade` opens the same path while this
+//! process drains, and rewrites both files. From then on our appends go to the
+//! unlinked old log (harmless), but our next compaction would rename stale files
+//! over the successor's; so before compacting we check that the snapshot is still
+//! the file we wrote, and otherwise retire: the files are no longer ours.
 
 use std::borrow::Cow;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Weak;
@@ -40,14 +47,16 @@ pub(crate) fn start(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
     }
-    let log = rewrite(&path, gen, &source)?;
+    let (log, snapshot) = rewrite(&path, gen, &source)?;
     let writer = Writer {
         log: BufWriter::with_capacity(1 << 16, log),
         path,
         gen,
+        snapshot,
         lines: 0,
         dirty_since: None,
         broken: None,
+        retired: false,
         source,
     };
     std::thread::Builder::new()
@@ -59,6 +68,8 @@ pub(crate) fn start(
 struct Writer {
     path: PathBuf,
     gen: u64,
+    /// (device, inode) of the snapshot we wrote last, to notice a successor's.
+    snapshot: (u64, u64),
     log: BufWriter<File>,
     /// Lines in the current log, for the compaction trigger.
     lines: u64,
@@ -66,6 +77,8 @@ struct Writer {
     dirty_since: Option<Instant>,
     /// Set after a write error: when to retry (by compacting).
     broken: Option<Instant>,
+    /// Another process rewrote the files: write nothing more.
+    retired: bool,
     source: Weak<dyn SnapshotSource>,
 }
 
@@ -118,7 +131,7 @@ impl Writer {
     }
 
     fn append(&mut self, line: &Line) {
-        if self.broken.is_some() {
+        if self.broken.is_some() || self.retired {
             return; // the next successful compaction writes this change from memory
         }
         if let Err(e) = write_line(&mut self.log, line) {
@@ -137,6 +150,9 @@ impl Writer {
 
     /// Make everything appended durable; while broken, recover by compacting.
     fn sync(&mut self) -> Result<(), StoreError> {
+        if self.retired {
+            return Ok(());
+        }
         if self.broken.is_some() {
             return self.compact();
         }
@@ -153,11 +169,15 @@ impl Writer {
 
     /// Snapshot generation `gen + 1` from memory, then an empty log of that generation.
     fn compact(&mut self) -> Result<(), StoreError> {
+        if self.retired || self.taken_over() {
+            return Ok(());
+        }
         let gen = self.gen + 1;
         match rewrite(&self.path, gen, &self.source) {
-            Ok(log) => {
+            Ok((log, snapshot)) => {
                 self.log = BufWriter::with_capacity(1 << 16, log);
                 self.gen = gen;
+                self.snapshot = snapshot;
                 self.lines = 0;
                 self.dirty_since = None;
                 self.broken = None;
@@ -169,19 +189,39 @@ impl Writer {
             }
         }
     }
+
+    /// Whether another process replaced our snapshot (see the module comment).
+    fn taken_over(&mut self) -> bool {
+        let now = fs::metadata(&self.path).map(|m| (m.dev(), m.ino()));
+        // A vanished snapshot is rewritten; only a different file means a successor.
+        if now.is_ok_and(|id| id != self.snapshot) {
+            tracing::warn!(path = %self.path.display(),
+                "store: files rewritten by another process; no longer writing them");
+            self.retired = true;
+            self.broken = None;
+            self.dirty_since = None;
+        }
+        self.retired
+    }
 }
 
 /// Write snapshot `gen` from memory, then swap in an empty log of that generation.
 /// In this order a crash in between leaves a log older than the snapshot, which
 /// `load` ignores; the snapshot already holds all of it.
-fn rewrite(path: &Path, gen: u64, source: &Weak<dyn SnapshotSource>) -> Result<File, StoreError> {
+/// Returns the new log and the snapshot's (device, inode).
+fn rewrite(
+    path: &Path,
+    gen: u64,
+    source: &Weak<dyn SnapshotSource>,
+) -> Result<(File, (u64, u64)), StoreError> {
     let Some(source) = source.upgrade() else {
         return Err(StoreError::Unavailable("store is gone".into()));
     };
-    write_snapshot(path, gen, &*source).map_err(|(p, e)| io_error(&p, e))?;
+    let snapshot = write_snapshot(path, gen, &*source).map_err(|(p, e)| io_error(&p, e))?;
     // Hold the store only while reading it: the writer must not keep it alive.
     drop(source);
-    fresh_log(path, gen).map_err(|e| io_error(&log_path(path), e))
+    let log = fresh_log(path, gen).map_err(|e| io_error(&log_path(path), e))?;
+    Ok((log, snapshot))
 }
 
 fn write_line(out: &mut impl Write, line: &Line) -> io::Result<()> {
@@ -197,14 +237,15 @@ fn header(gen: u64) -> Line<'static> {
     }
 }
 
-/// Replace the snapshot atomically: write `PATH.tmp`, fsync, rename, fsync the directory.
+/// Replace the snapshot atomically: write `PATH.tmp`, fsync, rename, fsync the
+/// directory. Returns the snapshot's (device, inode).
 fn write_snapshot(
     path: &Path,
     gen: u64,
     source: &dyn SnapshotSource,
-) -> Result<(), (PathBuf, io::Error)> {
+) -> Result<(u64, u64), (PathBuf, io::Error)> {
     let tmp = with_suffix(path, ".tmp");
-    let write = || -> io::Result<()> {
+    let write = || -> io::Result<(u64, u64)> {
         let mut out = BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
         write_line(&mut out, &header(gen))?;
         let secret = encode_secret(&source.secret());
@@ -217,11 +258,15 @@ fn write_snapshot(
             };
             write_line(&mut out, &line)
         })?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        let meta = file.metadata()?;
+        Ok((meta.dev(), meta.ino()))
     };
-    write().map_err(|e| (tmp.clone(), e))?;
+    let id = write().map_err(|e| (tmp.clone(), e))?;
     fs::rename(&tmp, path).map_err(|e| (path.to_owned(), e))?;
-    sync_dir(path).map_err(|e| (path.to_owned(), e))
+    sync_dir(path).map_err(|e| (path.to_owned(), e))?;
+    Ok(id)
 }
 
 /// An empty log (just the header) of generation `gen`, swapped in atomically.

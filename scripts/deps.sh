@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building (and, with `--test`, testing) tether needs on Debian:
+# cmake and a C compiler for pingora's zlib-ng; for the tests also redis-server
+# (shared-store tests). As root it installs with apt-get; otherwise it prints
+# the exact command and fails, so nothing half-works.
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v make >/dev/null 2>&1 || need+=(make)
+if [[ "${1:-}" == "--test" ]]; then
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+fi
+
+if [[ ${#need[@]} -eq 0 ]]; then
+  exit 0
+fi
+
+cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${need[*]}"
+if [[ $(id -u) -eq 0 ]]; then
+  echo "deps: installing ${need[*]}" >&2
+  bash -c "$cmd"
+else
+  echo "deps: missing ${need[*]}; run as root:" >&2
+  echo "  sudo bash -c '$cmd'" >&2
+  exit 1
+fi

@@ -1,0 +1,231 @@
+//! Conversion of one `pools.NAME` entry (settings, health check, backends)
+//! from its raw form into the typed model, recording every bad value.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_yaml::Value;
+
+use super::error::Report;
+use super::locate::KeyPath;
+use super::model::*;
+use super::raw::*;
+use super::values::{self, Zero};
+
+/// One pool; `None` when its section could not be read at all.
+pub(crate) fn pool(r: &mut Report, path: &KeyPath, name: &str, value: &Value) -> Option<Pool> {
+    let raw: RawPool = r.de(path, value)?;
+    let bounded_load = raw.bounded_load.filter(|c| {
+        let ok = c.is_finite() && *c > 1.0;
+        if !ok {
+            r.err(
+                &path.key("bounded_load"),
+                "bounded_load must be greater than 1.0 (like 1.25); omit it for no bound",
+            );
+        }
+        ok
+    });
+    let drain_timeout = values::duration(
+        r,
+        &path.key("drain_timeout"),
+        raw.drain_timeout.as_ref(),
+        DRAIN_TIMEOUT,
+        Zero::Rejected,
+    );
+    let t = raw.timeouts.unwrap_or_default();
+    let tp = path.key("timeouts");
+    let timeouts = PoolTimeouts {
+        connect: values::duration(
+            r,
+            &tp.key("connect"),
+            t.connect.as_ref(),
+            CONNECT_TIMEOUT,
+            Zero::Rejected,
+        ),
+        response_header: values::duration(
+            r,
+            &tp.key("response_header"),
+            t.response_header.as_ref(),
+            RESPONSE_HEADER_TIMEOUT,
+            Zero::Rejected,
+        ),
+    };
+    let health = health(r, &path.key("health"), raw.health);
+    let backends = backends(r, &path.key("backends"), raw.backends.as_ref());
+    Some(Pool {
+        name: Arc::from(name),
+        hash: match raw.hash.unwrap_or(RawHash::Maglev) {
+            RawHash::Maglev => HashKind::Maglev,
+            RawHash::Ketama => HashKind::Ketama,
+            RawHash::Rendezvous => HashKind::Rendezvous,
+        },
+        bounded_load,
+        on_backend_down: match raw.on_backend_down.unwrap_or(RawOnBackendDown::Migrate) {
+            RawOnBackendDown::Migrate => OnBackendDown::Migrate,
+            RawOnBackendDown::Keep => OnBackendDown::Keep,
+        },
+        failback: match raw.failback.unwrap_or(RawFailback::Stay) {
+            RawFailback::Stay => Failback::Stay,
+            RawFailback::Return => Failback::Return,
+        },
+        drain_timeout,
+        timeouts,
+        health,
+        backends,
+    })
+}
+
+fn health(r: &mut Report, path: &KeyPath, raw: Option<RawHealth>) -> Health {
+    let given = raw.is_some();
+    let h = raw.unwrap_or_default();
+    let default_kind = if given {
+        RawHealthKind::Http
+    } else {
+        RawHealthKind::None
+    };
+    let kind = h.kind.unwrap_or(default_kind);
+    if kind != RawHealthKind::Http {
+        if h.path.is_some() {
+            r.err_key(&path.key("path"), "path only applies to `kind: http`");
+        }
+        if h.expect_status.is_some() {
+            r.err_key(
+                &path.key("expect_status"),
+                "expect_status only applies to `kind: http`",
+            );
+        }
+    }
+    let interval = values::duration(
+        r,
+        &path.key("interval"),
+        h.interval.as_ref(),
+        HEALTH_INTERVAL,
+        Zero::Rejected,
+    );
+    let timeout = values::duration(
+        r,
+        &path.key("timeout"),
+        h.timeout.as_ref(),
+        HEALTH_TIMEOUT,
+        Zero::Rejected,
+    );
+    if timeout > interval {
+        // Point at whichever of the two the file actually sets.
+        let key = if h.timeout.is_some() {
+            "timeout"
+        } else {
+            "interval"
+        };
+        r.err(
+            &path.key(key),
+            format!(
+                "health timeout ({}) must not exceed the interval ({})",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval)
+            ),
+        );
+    }
+    let rise = h.rise.unwrap_or(HEALTH_RISE);
+    let fall = h.fall.unwrap_or(HEALTH_FALL);
+    for (key, n) in [("rise", rise), ("fall", fall)] {
+        if n == 0 {
+            r.err(&path.key(key), format!("{key} must be >= 1"));
+        }
+    }
+    let kind = match kind {
+        RawHealthKind::None => HealthKind::None,
+        RawHealthKind::Tcp => HealthKind::Tcp,
+        RawHealthKind::Http => {
+            let hpath = h.path.unwrap_or_else(|| HEALTH_PATH.to_owned());
+            if !hpath.starts_with('/') || hpath.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                r.err(
+                    &path.key("path"),
+                    format!("health path `{hpath}` must start with `/` and contain no spaces"),
+                );
+            }
+            let sp = path.key("expect_status");
+            let codes = h
+                .expect_status
+                .unwrap_or_else(|| vec![i64::from(HEALTH_EXPECT_STATUS)]);
+            if codes.is_empty() {
+                r.err(&sp, "expect_status needs at least one status code");
+            }
+            let mut expect_status = Vec::with_capacity(codes.len());
+            for (i, code) in codes.into_iter().enumerate() {
+                match u16::try_from(code) {
+                    Ok(c) if (100..=599).contains(&c) => expect_status.push(c),
+                    _ => r.err(
+                        &sp.idx(i),
+                        format!("status {code} is not an HTTP status (100-599)"),
+                    ),
+                }
+            }
+            HealthKind::Http {
+                path: hpath,
+                expect_status,
+            }
+        }
+    };
+    Health {
+        kind,
+        interval,
+        timeout,
+        rise,
+        fall,
+    }
+}
+
+fn backends(r: &mut Report, path: &KeyPath, value: Option<&Value>) -> Vec<Backend> {
+    let items = match value {
+        None | Some(Value::Null) => {
+            r.err(path, "a pool needs at least one backend");
+            return Vec::new();
+        }
+        Some(Value::Sequence(items)) => items,
+        Some(_) => {
+            r.err(
+                path,
+                "backends must be a list like `- { id: app-1, addr: \"127.0.0.1:9001\" }`",
+            );
+            return Vec::new();
+        }
+    };
+    if items.is_empty() {
+        r.err(path, "a pool needs at least one backend");
+    }
+    let mut seen: HashMap<String, KeyPath> = HashMap::new();
+    let mut out = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let bp = path.idx(i);
+        let Some(raw) = r.de::<RawBackend>(&bp, item) else {
+            continue;
+        };
+        let idp = bp.key("id");
+        let id = raw.id.as_str();
+        if let Some(problem) = values::id_problem("backend id", id) {
+            r.err(&idp, problem);
+        } else if let Some(first) = seen.get(id) {
+            let line = r.line_of(first);
+            r.err(
+                &idp,
+                format!("duplicate backend id `{id}` (first used at line {line})"),
+            );
+        } else {
+            seen.insert(id.to_owned(), idp);
+        }
+        let addr = values::socket_addr(r, &bp.key("addr"), &raw.addr);
+        let weight = raw.weight.unwrap_or(WEIGHT);
+        if weight == 0 {
+            r.err(&bp.key("weight"), "weight must be >= 1");
+        }
+        if let Some(addr) = addr {
+            out.push(Backend {
+                id: Arc::from(id),
+                addr,
+                weight,
+            });
+        }
+    }
+    out
+}
