@@ -4,57 +4,36 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tether::affinity::cookie::CookieSigner;
 use tether::affinity::key;
-use tether::config::{self, HashKind};
+use tether::config;
 use tether::metrics::Metrics;
 use tether::pool::{Decision, PoolRt};
 use tether::store::memory::MemoryStore;
 use tether::store::Store;
 
-fn pool(hash: HashKind, n: usize) -> (Arc<PoolRt>, tokio::runtime::Runtime) {
+fn pool(hash: &str, n: usize) -> (Arc<PoolRt>, tokio::runtime::Runtime) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let store = MemoryStore::open(&config::Store {
-        kind: config::StoreKind::Embedded { path: None },
-        session_ttl: Duration::from_secs(3600),
-        max_sessions: 1_000_000,
-    })
-    .unwrap();
-    let cfg = config::Pool {
-        name: "app".into(),
-        hash,
-        bounded_load: None,
-        on_backend_down: config::OnBackendDown::Migrate,
-        failback: config::Failback::Stay,
-        drain_timeout: Duration::from_secs(600),
-        timeouts: config::PoolTimeouts {
-            connect: Duration::from_secs(2),
-            response_header: Duration::from_secs(30),
-        },
-        health: config::Health {
-            kind: config::HealthKind::None,
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(500),
-            rise: 2,
-            fall: 2,
-        },
-        backends: (0..n)
-            .map(|i| config::Backend {
-                id: format!("b{i}").into(),
-                addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
-                weight: 1,
-            })
-            .collect(),
-    };
+    let snap = config::parse(
+        std::path::Path::new("inline.yaml"),
+        &format!(
+            "store: {{ max_sessions: 1000000, session_ttl: 1h }}\npools:\n  app:\n    hash: {hash}{bounded}\n    backends:\n{backends}\
+             listeners:\n  - {{ name: web, bind: \"127.0.0.1:1\", pool: app, affinity: {{ key: source_ip }} }}\n",
+            hash = hash,
+            bounded = "",
+            backends = (0..n).map(|i| format!("      - {{ id: b{i}, addr: \"127.0.0.1:{}\" }}\n", 9000 + i)).collect::<String>(),
+        ),
+    )
+    .expect("inline config");
+    let store = MemoryStore::open(&snap.store).unwrap();
     let pool = Arc::new(PoolRt::new(
-        cfg,
+        snap.pools[0].clone(),
         store.pool("app"),
         Arc::new(Metrics::new()),
     ));
@@ -62,7 +41,7 @@ fn pool(hash: HashKind, n: usize) -> (Arc<PoolRt>, tokio::runtime::Runtime) {
 }
 
 fn hot_path(c: &mut Criterion) {
-    let (pool, rt) = pool(HashKind::Maglev, 4);
+    let (pool, rt) = pool("maglev", 4);
     let signer = CookieSigner::new(b"0123456789abcdef0123456789abcdef");
     let id = signer.new_id().unwrap();
     let cookie = signer.sign(&id, 1_900_000_000);

@@ -10,7 +10,7 @@
 //!
 //! | request | answer |
 //! | --- | --- |
-//! | `GET /healthz` | 200 `ok` (text/plain) |
+//! | `GET /healthz` | 200 `ok` (text/plain); another status after `Stats::set_health_status` |
 //! | `/hang` | reads the request, never answers; the connection stays open until the peer closes it |
 //! | `/status/NNN` | status NNN (200..=599) with the JSON body below (none for 204/304) |
 //! | `/set-cookie` | the JSON body plus `Set-Cookie: app=1` (a backend cookie the proxy must keep) |
@@ -62,6 +62,8 @@ pub struct Stats {
     open: AtomicU64,
     requests: AtomicU64,
     health_checks: AtomicU64,
+    /// Status `/healthz` answers (0 = the default 200); tests flip it to fail checks.
+    health_status: std::sync::atomic::AtomicU16,
     websockets: AtomicU64,
     ws_messages: AtomicU64,
 }
@@ -80,6 +82,11 @@ impl Stats {
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
+    /// Make `/healthz` answer `status` from now on (e.g. 500 to fail health checks).
+    pub fn set_health_status(&self, status: u16) {
+        self.health_status.store(status, Ordering::Relaxed);
+    }
+
     /// `GET /healthz` requests answered.
     pub fn health_checks(&self) -> u64 {
         self.health_checks.load(Ordering::Relaxed)
@@ -537,7 +544,17 @@ async fn handle_connection(
 
         if path == "/healthz" {
             stats.health_checks.fetch_add(1, Ordering::Relaxed);
-            let out = response(200, &[], Some(("text/plain", b"ok")), keep_alive, head_only);
+            let status = match stats.health_status.load(Ordering::Relaxed) {
+                0 => 200,
+                s => s,
+            };
+            let out = response(
+                status,
+                &[],
+                Some(("text/plain", b"ok")),
+                keep_alive,
+                head_only,
+            );
             stream.write_all(&out).await?;
         } else {
             stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -648,6 +665,10 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    eprintln!("whoami {id} listening on {listen}");
+    // The real address (the port may have been 0): tests read it from this line.
+    match listener.local_addr() {
+        Ok(addr) => println!("whoami {id} listening on {addr}"),
+        Err(_) => println!("whoami {id} listening on {listen}"),
+    }
     serve(listener, id).await
 }

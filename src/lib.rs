@@ -8,9 +8,12 @@
 
 pub mod admin;
 pub mod affinity;
+pub mod backend;
 pub mod config;
+pub mod health;
 pub mod l7;
 pub mod metrics;
+pub mod notify;
 pub mod pool;
 pub mod runtime;
 pub mod store;

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub sessions_evicted: IntCounterVec,
     pub sessions_expired: IntCounterVec,
     pub bytes_total: IntCounterVec,
+    pub notifications: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -157,6 +158,12 @@ impl Metrics {
                 "bytes_total",
                 "Body bytes proxied",
                 &["listener", "direction"],
+            ),
+            notifications: counter(
+                &r,
+                "notifications_total",
+                "Webhook notifications (sent, failed after retries, dropped on a full queue)",
+                &["pool", "result"],
             ),
             registry: r,
         }

@@ -7,66 +7,21 @@
 //! choice is recorded insert-if-absent, so racing proxies agree on one owner.
 //! A pin whose backend is gone from the config is re-pinned by compare-and-set.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use prometheus::{IntCounter, IntGauge};
+use prometheus::IntCounter;
 
 use crate::affinity::hash::{hash_key, Member, Ring};
+pub use crate::backend::{BackendRt, CloseReason, Health};
 use crate::config;
 use crate::metrics::Metrics;
 use crate::store::{Hit, LiveGuard, MoveReason, PoolStore, Session, StoreError};
 
-/// A backend's health as the pool sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Health {
-    /// No check has completed yet.
-    Unknown = 0,
-    Up = 1,
-    Down = 2,
-}
-
-impl Health {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Health::Unknown => "unknown",
-            Health::Up => "up",
-            Health::Down => "down",
-        }
-    }
-}
-
-pub struct BackendRt {
-    pub id: Arc<str>,
-    pub addr: SocketAddr,
-    pub weight: u32,
-    health: AtomicU8,
-    pub upstream_active: IntGauge,
-    up_gauge: IntGauge,
-}
-
-impl BackendRt {
-    pub fn health(&self) -> Health {
-        match self.health.load(Ordering::Acquire) {
-            1 => Health::Up,
-            2 => Health::Down,
-            _ => Health::Unknown,
-        }
-    }
-
-    pub fn set_health(&self, h: Health) {
-        self.health.store(h as u8, Ordering::Release);
-        self.up_gauge.set(i64::from(h == Health::Up));
-    }
-
-    /// May a pinned session stay here? (rule 2: `up`, or `unknown` while its first check is pending)
-    fn keeps_sessions(&self) -> bool {
-        self.health() != Health::Down
-    }
-}
+/// How long a drained-out backend's live connections take to close, spread
+/// evenly so thousands of clients do not reconnect in the same millisecond.
+const CLOSE_SPREAD: Duration = Duration::from_secs(5);
 
 /// The hash ring over the backends eligible for new sessions, with the mapping
 /// from ring members back to backend indices.
@@ -110,16 +65,15 @@ impl PoolRt {
             .iter()
             .map(|b| {
                 let labels = [&*cfg.name, &*b.id];
-                let be = BackendRt {
-                    id: b.id.clone(),
-                    addr: b.addr,
-                    weight: b.weight,
-                    health: AtomicU8::new(Health::Unknown as u8),
-                    upstream_active: metrics
+                let be = BackendRt::new(
+                    b.id.clone(),
+                    b.addr,
+                    b.weight,
+                    metrics
                         .upstream_connections_active
                         .with_label_values(&labels),
-                    up_gauge: metrics.backend_up.with_label_values(&labels),
-                };
+                    metrics.backend_up.with_label_values(&labels),
+                );
                 // Without active checks a backend is trusted; with them it waits for its first result.
                 if matches!(cfg.health.kind, config::HealthKind::None) {
                     be.set_health(Health::Up);
@@ -153,14 +107,13 @@ impl PoolRt {
         pool
     }
 
-    /// Recompute the ring after a change in health or membership.
+    /// Recompute the ring after a change in health, drain or membership: only
+    /// backends that take new sessions are on it (rule 3).
     pub fn rebuild_ring(&self) {
         let mut members = Vec::new();
         let mut backend_of = Vec::new();
         for (i, b) in self.backends.iter().enumerate() {
-            // Until active health checks run (and pass), `unknown` backends are
-            // routable: otherwise a pool with checks configured would take nothing.
-            if b.health() != Health::Down {
+            if b.takes_new() {
                 members.push(Member {
                     id: b.id.clone(),
                     weight: b.weight,
@@ -172,6 +125,92 @@ impl PoolRt {
             ring: Ring::build(self.cfg.hash, &members),
             backend_of,
         }));
+    }
+
+    /// Apply a health transition (active check or passive failures).
+    pub fn mark_health(&self, idx: usize, h: Health, cause: &'static str) {
+        let Some(b) = self.backends.get(idx) else {
+            return;
+        };
+        let old = b.set_health(h);
+        if old == h {
+            return;
+        }
+        match h {
+            Health::Down => {
+                tracing::warn!(pool = %self.cfg.name, backend = %b.id, cause, "backend down")
+            }
+            _ => {
+                tracing::info!(pool = %self.cfg.name, backend = %b.id, cause, state = h.as_str(), "backend state")
+            }
+        }
+        self.rebuild_ring();
+        if h == Health::Down && self.cfg.on_backend_down == config::OnBackendDown::Migrate {
+            // Frozen or blackholed backends keep their sockets open: only we can end them.
+            b.close_tunnels(CloseReason::Moved, Duration::ZERO);
+        }
+    }
+
+    /// Drain backend `idx`: no new sessions now; at the deadline its sessions
+    /// move (reason `drain`) and its live connections close, spread out.
+    pub fn drain(self: &Arc<Self>, idx: usize, deadline: Duration) -> Option<()> {
+        let b = self.backends.get(idx)?.clone();
+        let token = b.start_drain(deadline);
+        tracing::info!(pool = %self.cfg.name, backend = %b.id, ?deadline, "draining");
+        self.rebuild_ring();
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(deadline).await;
+            if pool.upgrade().is_some() && b.drain_is(token) {
+                b.close_tunnels(CloseReason::Moved, CLOSE_SPREAD);
+            }
+        });
+        Some(())
+    }
+
+    /// Undo a drain: back in rotation.
+    pub fn enable(&self, idx: usize) -> Option<()> {
+        let b = self.backends.get(idx)?;
+        b.stop_drain();
+        tracing::info!(pool = %self.cfg.name, backend = %b.id, "enabled");
+        self.rebuild_ring();
+        Some(())
+    }
+
+    /// Another live backend for a retry of one request, avoiding `tried` (no re-pin).
+    pub fn pick_alternative(&self, key_hash: u64, tried: &[usize]) -> Option<usize> {
+        let el = self.eligible.load();
+        let m = el
+            .ring
+            .pick_bounded(key_hash, |m| !tried.contains(&el.backend_of[m]))?;
+        el.backend_of.get(m).copied().filter(|i| !tried.contains(i))
+    }
+
+    /// Do request outcomes count towards marking backends down? (Without active
+    /// checks nothing would bring a passively downed backend back.)
+    pub fn passive_enabled(&self) -> bool {
+        self.cfg.health.passive.enabled && !matches!(self.cfg.health.kind, config::HealthKind::None)
+    }
+
+    /// Do 5xx answers count as passive failures?
+    pub fn passive_5xx(&self) -> bool {
+        self.passive_enabled() && self.cfg.health.passive.on_5xx
+    }
+
+    /// Slow start: may a new session with hash `h` land on backend `i` yet?
+    /// Decided from the key's own bits, so every instance agrees.
+    fn ramped(&self, i: usize, h: u64) -> bool {
+        let ss = self.cfg.health.slowstart;
+        if ss.is_zero() {
+            return true;
+        }
+        let ramp = crate::health::slowstart_ramp(self.backends[i].since_revived(), ss);
+        // The top bits pick the ring slot; the low 32 bits are independent of it.
+        ramp >= 1.0 || ((h & 0xffff_ffff) as f64 / 4_294_967_296.0) < ramp
+    }
+
+    pub fn backend_index(&self, id: &str) -> Option<usize> {
+        self.backends.iter().position(|b| &*b.id == id)
     }
 
     pub fn backend(&self, id: &str) -> Option<&Arc<BackendRt>> {
@@ -256,25 +295,25 @@ impl PoolRt {
         }
     }
 
-    /// The pool hash's choice for `key` over the eligible backends.
+    /// The pool hash's choice for `key` over the eligible backends, honouring
+    /// bounded load and slow start.
     fn pick(&self, key: &str) -> Option<usize> {
         let el = self.eligible.load();
         let h = hash_key(key.as_bytes());
-        let m = match self.cfg.bounded_load {
-            None => el.ring.pick(h)?,
-            Some(c) => {
-                let n = el.backend_of.len() as f64;
-                let total: u64 = el
-                    .backend_of
-                    .iter()
-                    .map(|&i| self.store.sessions_of(&self.backends[i].id))
-                    .sum();
-                let cap = (c * (total + 1) as f64 / n).ceil() as u64;
-                el.ring.pick_bounded(h, |m| {
-                    self.store.sessions_of(&self.backends[el.backend_of[m]].id) < cap
-                })?
-            }
-        };
+        let cap = self.cfg.bounded_load.map(|c| {
+            let n = el.backend_of.len() as f64;
+            let total: u64 = el
+                .backend_of
+                .iter()
+                .map(|&i| self.store.sessions_of(&self.backends[i].id))
+                .sum();
+            (c * (total + 1) as f64 / n).ceil() as u64
+        });
+        let m = el.ring.pick_bounded(h, |m| {
+            let i = el.backend_of[m];
+            cap.is_none_or(|cap| self.store.sessions_of(&self.backends[i].id) < cap)
+                && self.ramped(i, h)
+        })?;
         el.backend_of.get(m).copied()
     }
 
@@ -285,10 +324,10 @@ impl PoolRt {
             return Ok(Decision::NoBackend);
         };
         let to = self.backends[idx].clone();
-        let reason = if self.backend(&old.backend).is_some() {
-            MoveReason::Down
-        } else {
-            MoveReason::Removed
+        let reason = match self.backend(&old.backend) {
+            None => MoveReason::Removed,
+            Some(b) if b.health() == Health::Down => MoveReason::Down,
+            Some(_) => MoveReason::Drain,
         };
         let mut rec = Session::new(to.id.clone());
         rec.moved_from = Some(old.backend.clone());

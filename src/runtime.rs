@@ -33,7 +33,7 @@ use crate::l7::conn::{ConnInfo, ConnStream, HeaderLimits};
 use crate::l7::listener::ListenerRt;
 use crate::l7::router::Router;
 use crate::metrics::Metrics;
-use crate::pool::PoolRt;
+use crate::pool::{CloseReason, PoolRt};
 use crate::store::memory::MemoryStore;
 use crate::store::{Store, StoreError};
 
@@ -156,8 +156,22 @@ async fn serve(path: PathBuf, snap: Snapshot) -> Result<(), RunError> {
         .map(|p| Arc::new(PoolRt::new(p.clone(), store.pool(&p.name), metrics.clone())))
         .collect();
 
+    // One round of health checks before accepting anything (rule 3).
+    let mut first = tokio::task::JoinSet::new();
+    for p in &pools {
+        let (p, m) = (p.clone(), metrics.clone());
+        first.spawn(async move { crate::health::first_round(&p, &m).await });
+    }
+    while first.join_next().await.is_some() {}
+    let checks: Vec<_> = pools
+        .iter()
+        .map(|p| crate::health::spawn(p.clone(), metrics.clone()))
+        .collect();
+
     let conf = Arc::new(ServerConf {
         threads: snap.server.threads.max(1),
+        // tether bounds its own retries (l7::router); this is only pingora's ceiling.
+        max_retries: 4,
         ..Default::default()
     });
 
@@ -247,6 +261,16 @@ async fn serve(path: PathBuf, snap: Snapshot) -> Result<(), RunError> {
             open = tracker.live.load(Ordering::Acquire),
             "shutdown grace over: closing what is still open"
         );
+        // WebSockets get a close frame 1001 (going away) rather than a bare reset.
+        for p in &pools {
+            for b in &p.backends {
+                b.close_tunnels(CloseReason::Shutdown, Duration::ZERO);
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), tracker.wait_idle()).await;
+    }
+    for c in &checks {
+        c.abort();
     }
     if let Err(e) = store.flush().await {
         tracing::error!(error = %e, "flushing the affinity store");

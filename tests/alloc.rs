@@ -5,7 +5,6 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tether::affinity::cookie::CookieSigner;
@@ -41,40 +40,20 @@ fn store_hit_path_does_not_allocate() {
         .enable_all()
         .build()
         .unwrap();
-    let store = MemoryStore::open(&config::Store {
-        kind: config::StoreKind::Embedded { path: None },
-        session_ttl: Duration::from_secs(3600),
-        max_sessions: 100_000,
-    })
-    .unwrap();
-    let cfg = config::Pool {
-        name: "app".into(),
-        hash: config::HashKind::Maglev,
-        bounded_load: Some(1.25),
-        on_backend_down: config::OnBackendDown::Migrate,
-        failback: config::Failback::Stay,
-        drain_timeout: Duration::from_secs(600),
-        timeouts: config::PoolTimeouts {
-            connect: Duration::from_secs(2),
-            response_header: Duration::from_secs(30),
-        },
-        health: config::Health {
-            kind: config::HealthKind::None,
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(500),
-            rise: 2,
-            fall: 2,
-        },
-        backends: (0..4)
-            .map(|i| config::Backend {
-                id: format!("b{i}").into(),
-                addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
-                weight: 1,
-            })
-            .collect(),
-    };
+    let snap = config::parse(
+        std::path::Path::new("inline.yaml"),
+        &format!(
+            "store: {{ max_sessions: 1000000, session_ttl: 1h }}\npools:\n  app:\n    hash: {hash}{bounded}\n    backends:\n{backends}\
+             listeners:\n  - {{ name: web, bind: \"127.0.0.1:1\", pool: app, affinity: {{ key: source_ip }} }}\n",
+            hash = "maglev",
+            bounded = "\n    bounded_load: 1.25",
+            backends = (0..4).map(|i| format!("      - {{ id: b{i}, addr: \"127.0.0.1:{}\" }}\n", 9000 + i)).collect::<String>(),
+        ),
+    )
+    .expect("inline config");
+    let store = MemoryStore::open(&snap.store).unwrap();
     let pool = Arc::new(PoolRt::new(
-        cfg,
+        snap.pools[0].clone(),
         store.pool("app"),
         Arc::new(Metrics::new()),
     ));

@@ -96,12 +96,20 @@ fn broken_configs() -> Vec<Case> {
         case("address without port", edit("bind: 127.0.0.1:8080", "bind: 127.0.0.1"), "listeners[0].bind", 8, Some(11), "has no port"),
         case("bad duration", edit("    backends:\n", "    drain_timeout: soon\n    backends:\n"), "pools.app.drain_timeout", 3, Some(20), "invalid duration `soon`"),
         case("bounded_load not above 1", edit("    backends:\n", "    bounded_load: 1.0\n    backends:\n"), "pools.app.bounded_load", 3, Some(19), "bounded_load must be greater than 1.0"),
+        case("https webhook", edit("    backends:\n", "    notify: { webhook: \"https://hooks.example/tether\" }\n    backends:\n"), "pools.app.notify.webhook", 3, Some(24), "https webhooks are not supported yet"),
+        case("webhook not a URL", edit("    backends:\n", "    notify: { webhook: hooks.example/tether, before: 1m }\n    backends:\n"), "pools.app.notify.webhook", 3, Some(24), "`hooks.example/tether` is not an http:// URL"),
         case("zero max_age", edit("insert: true", "insert: true, max_age: 0s"), "listeners[0].affinity.key.cookie.max_age", 11, Some(61), "must be greater than zero"),
         case("zero drain_timeout", edit("    backends:\n", "    drain_timeout: 0s\n    backends:\n"), "pools.app.drain_timeout", 3, Some(20), "must be greater than zero"),
         case("zero connect timeout", edit("    backends:\n", "    timeouts: { connect: 0s }\n    backends:\n"), "pools.app.timeouts.connect", 3, Some(26), "must be greater than zero"),
         case("zero rise", with_health("{ rise: 0 }"), "pools.app.health.rise", 3, Some(21), "rise must be >= 1"),
         case("status out of range", with_health("{ expect_status: [200, 700] }"), "pools.app.health.expect_status[1]", 3, Some(36), "status 700 is not an HTTP status (100-599)"),
         case("health timeout above interval", with_health("{ interval: 1s, timeout: 2s }"), "pools.app.health.timeout", 3, Some(38), "must not exceed the interval"),
+        case("bad health method", with_health("{ method: \"GE T\" }"), "pools.app.health.method", 3, Some(23), "`GE T` is not an HTTP method"),
+        case("health method with kind tcp", with_health("{ kind: tcp, method: HEAD }"), "pools.app.health.method", 3, Some(26), "method only applies to `kind: http`"),
+        case("bad health host", with_health("{ host: \"a b\" }"), "pools.app.health.host", 3, Some(21), "health host `a b` must be a host name or host:port"),
+        case("bad slowstart", with_health("{ slowstart: soon }"), "pools.app.health.slowstart", 3, Some(26), "invalid duration `soon`"),
+        case("unknown passive key", with_health("{ passive: { enabled: true, on5xx: true } }"), "pools.app.health.passive.on5xx", 3, Some(41), "unknown field `on5xx`"),
+        case("passive without active checks", with_health("{ kind: none, passive: { enabled: true } }"), "pools.app.health.passive.enabled", 3, Some(47), "passive health needs an active check"),
         case("zero listener max_connections", edit("    pool: app\n", "    pool: app\n    max_connections: 0\n"), "listeners[0].max_connections", 10, Some(22), "max_connections must be >= 1"),
         case("listener above server max_connections", format!("server: {{ max_connections: 100 }}\n{}", edit("    pool: app\n", "    pool: app\n    max_connections: 200\n")), "listeners[0].max_connections", 11, Some(22), "max_connections 200 exceeds server.max_connections 100"),
         case("no listeners", BASE[..BASE.find("listeners:").unwrap_or(0)].to_owned(), "listeners", 1, Some(1), "at least one listener is required"),
@@ -134,7 +142,7 @@ fn shipped_proxy_yaml_is_valid() {
     assert_eq!(&*app.backends[1].id, "app-2");
     assert_eq!(app.backends[1].weight, 1);
     assert!(
-        matches!(&app.health.kind, HealthKind::Http { path, expect_status } if path == "/healthz" && expect_status == &[200])
+        matches!(&app.health.kind, HealthKind::Http { path, expect_status, .. } if path == "/healthz" && expect_status == &[200])
     );
     let web = &snap.listeners[0];
     assert_eq!(web.bind, "127.0.0.1:8080".parse().unwrap());
@@ -206,6 +214,82 @@ fn minimal_config_takes_the_defaults() {
         config::summary(&snap),
         "test.yaml: 1 pool (2 backends), 1 listener, store embedded"
     );
+}
+
+#[test]
+fn health_keys_parse_with_defaults() {
+    let snap = config::parse(file(), BASE).unwrap_or_else(|e| panic!("{e}"));
+    let h = &snap.pools[0].health;
+    // No section: backends are trusted, so nothing passive could ever bring one back.
+    assert!(!h.passive.enabled);
+    assert_eq!(h.slowstart, Duration::ZERO);
+
+    let snap = config::parse(file(), &with_health("{}")).unwrap_or_else(|e| panic!("{e}"));
+    let h = &snap.pools[0].health;
+    assert!(
+        matches!(&h.kind, HealthKind::Http { method, host: None, .. } if method == http::Method::GET)
+    );
+    assert_eq!(h.slowstart, Duration::ZERO);
+    assert!(h.passive.enabled && !h.passive.on_5xx);
+
+    let text = with_health(
+        "{ method: head, host: app.internal, slowstart: 30s, passive: { on_5xx: true } }",
+    );
+    let snap = config::parse(file(), &text).unwrap_or_else(|e| panic!("{e}"));
+    let h = &snap.pools[0].health;
+    match &h.kind {
+        HealthKind::Http { method, host, .. } => {
+            assert_eq!(method, http::Method::HEAD);
+            assert_eq!(host.as_deref(), Some("app.internal"));
+        }
+        other => panic!("unexpected kind {other:?}"),
+    }
+    assert_eq!(h.slowstart, Duration::from_secs(30));
+    assert!(h.passive.enabled && h.passive.on_5xx);
+
+    let text = with_health("{ method: PURGE, passive: { enabled: false } }");
+    let snap = config::parse(file(), &text).unwrap_or_else(|e| panic!("{e}"));
+    let h = &snap.pools[0].health;
+    assert!(matches!(&h.kind, HealthKind::Http { method, .. } if method.as_str() == "PURGE"));
+    assert!(!h.passive.enabled);
+}
+
+#[test]
+fn notify_key_parses() {
+    let snap = config::parse(file(), BASE).unwrap_or_else(|e| panic!("{e}"));
+    assert!(snap.pools[0].notify.is_none());
+    let notify = |value: &str| {
+        let text = edit(
+            "    backends:\n",
+            &format!("    notify: {value}\n    backends:\n"),
+        );
+        let snap = config::parse(file(), &text).unwrap_or_else(|e| panic!("{value}: {e}"));
+        snap.pools[0].notify.clone().expect("notify")
+    };
+    let n = notify("{ webhook: \"http://[::1]/events?src=tether\" }");
+    assert_eq!(n.before, Duration::from_secs(30));
+    assert_eq!((n.webhook.host.as_str(), n.webhook.port), ("::1", 80));
+    assert_eq!(n.webhook.path, "/events?src=tether");
+    assert_eq!(n.webhook.to_string(), "http://[::1]/events?src=tether");
+    let n = notify("{ webhook: \"http://hooks.internal:8000\", before: 0s }");
+    assert_eq!(n.before, Duration::ZERO);
+    assert_eq!(n.webhook.to_string(), "http://hooks.internal:8000/");
+    for (url, message) in [
+        ("http://127.0.0.1:99999/x", "invalid port `99999`"),
+        ("http://127.0.0.1:0/x", "invalid port `0`"),
+        (
+            "http://user:pw@127.0.0.1/x",
+            "passwords in the URL are not supported",
+        ),
+        ("ftp://127.0.0.1/x", "is not an http:// URL"),
+    ] {
+        let text = edit(
+            "    backends:\n",
+            &format!("    notify: {{ webhook: \"{url}\" }}\n    backends:\n"),
+        );
+        let errs = errors(&text);
+        assert!(errs.to_string().contains(message), "{url}: {errs}");
+    }
 }
 
 #[test]

@@ -11,7 +11,7 @@ pub(super) async fn api(
     state: &AdminState,
     method: &Method,
     path: &str,
-    _body: &[u8],
+    body: &[u8],
 ) -> Response<Vec<u8>> {
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     match (method, parts.as_slice()) {
@@ -24,6 +24,9 @@ pub(super) async fn api(
                 return error(StatusCode::BAD_REQUEST, "session key is not valid UTF-8");
             };
             session(pool, m, &key).await
+        }
+        (&Method::POST, ["api", "pools", pool, "backends", id, action]) => {
+            backend_action(state, pool, id, action, body)
         }
         (_, ["api", "pools", ..]) | (_, ["api", "ping"]) | (_, ["metrics"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -46,7 +49,8 @@ fn pools(state: &AdminState) -> serde_json::Value {
                         "id": &*b.id,
                         "addr": b.addr.to_string(),
                         "weight": b.weight,
-                        "state": b.health().as_str(),
+                        "state": b.state(),
+                        "health": b.health().as_str(),
                         "sessions": p.store.sessions_of(&b.id),
                         "live_connections": b.upstream_active.get(),
                     })
@@ -86,5 +90,73 @@ async fn session(pool: &PoolRt, method: &Method, key: &str) -> Response<Vec<u8>>
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} not allowed on sessions"),
         ),
+    }
+}
+
+/// `POST .../backends/{id}/drain` (body `{"deadline": "10m"}` optional) and `.../enable`.
+fn backend_action(
+    state: &AdminState,
+    pool: &str,
+    id: &str,
+    action: &str,
+    body: &[u8],
+) -> Response<Vec<u8>> {
+    let Some(pool) = state.pools.iter().find(|p| &*p.cfg.name == pool) else {
+        return error(StatusCode::NOT_FOUND, format!("no pool {pool}"));
+    };
+    let Some(idx) = pool.backend_index(id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no backend {id} in pool {}", pool.cfg.name),
+        );
+    };
+    match action {
+        "enable" => {
+            pool.enable(idx);
+            json(
+                StatusCode::OK,
+                json!({ "pool": &*pool.cfg.name, "backend": id, "state": pool.backends[idx].state() }),
+            )
+        }
+        "drain" => {
+            let deadline = match drain_deadline(body) {
+                Ok(d) => d.unwrap_or(pool.cfg.drain_timeout),
+                Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+            };
+            pool.drain(idx, deadline);
+            json(
+                StatusCode::ACCEPTED,
+                json!({
+                    "pool": &*pool.cfg.name,
+                    "backend": id,
+                    "state": "draining",
+                    "deadline": humantime::format_duration(deadline).to_string(),
+                    "sessions": pool.store.sessions_of(id),
+                }),
+            )
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no action {action} (drain, enable)"),
+        ),
+    }
+}
+
+/// The optional `{"deadline": "10m"}` body of a drain call.
+fn drain_deadline(body: &[u8]) -> Result<Option<std::time::Duration>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Drain {
+        deadline: Option<String>,
+    }
+    let d: Drain = serde_json::from_slice(body).map_err(|e| format!("drain body: {e}"))?;
+    match d.deadline {
+        None => Ok(None),
+        Some(s) => humantime::parse_duration(&s)
+            .map(Some)
+            .map_err(|e| format!("drain deadline {s:?}: {e} (write it like 30s, 10m)")),
     }
 }

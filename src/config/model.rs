@@ -100,8 +100,50 @@ pub struct Pool {
     pub drain_timeout: Duration,
     pub timeouts: PoolTimeouts,
     pub health: Health,
+    /// Webhook told about drains and moved sessions; `None`: nobody is told.
+    pub notify: Option<Notify>,
     /// In file order; ids are unique within the pool.
     pub backends: Vec<Backend>,
+}
+
+/// `pools.NAME.notify`: where move notifications go and how early a drain is announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    pub webhook: Webhook,
+    /// A drain is announced this long before its deadline.
+    pub before: Duration,
+}
+
+/// A parsed `http://host[:port][/path]` webhook URL (https is not supported yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// Host name or IP address, without the brackets of an IPv6 literal.
+    pub host: String,
+    pub port: u16,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+
+impl Webhook {
+    /// The `Host` header value: `host` or `host:port`, IPv6 literals bracketed.
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == 80 {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}{}", self.authority(), self.path)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -117,6 +159,10 @@ pub struct Health {
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
+    /// After a backend comes back up, its share of new sessions ramps up
+    /// linearly over this window (no thundering herd); zero = off.
+    pub slowstart: Duration,
+    pub passive: Passive,
 }
 
 #[derive(Debug, Clone)]
@@ -124,9 +170,30 @@ pub enum HealthKind {
     None,
     Tcp,
     Http {
+        /// Any valid method token; standard methods are upper-cased.
+        method: http::Method,
         path: String,
+        /// `Host` header of the probe; `None`: the backend's `ip:port`.
+        host: Option<String>,
         expect_status: Vec<u16>,
     },
+}
+
+/// Passive health: failures seen on real traffic count towards `fall`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Passive {
+    pub enabled: bool,
+    /// Also count 5xx responses as failures (off: a 5xx is the app's answer).
+    pub on_5xx: bool,
+}
+
+impl Default for Passive {
+    fn default() -> Self {
+        Passive {
+            enabled: true,
+            on_5xx: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -51,6 +51,7 @@ pub(crate) fn pool(r: &mut Report, path: &KeyPath, name: &str, value: &Value) ->
         ),
     };
     let health = health(r, &path.key("health"), raw.health);
+    let notify = raw.notify.and_then(|n| notify(r, &path.key("notify"), n));
     let backends = backends(r, &path.key("backends"), raw.backends.as_ref());
     Some(Pool {
         name: Arc::from(name),
@@ -71,7 +72,77 @@ pub(crate) fn pool(r: &mut Report, path: &KeyPath, name: &str, value: &Value) ->
         drain_timeout,
         timeouts,
         health,
+        notify,
         backends,
+    })
+}
+
+fn notify(r: &mut Report, path: &KeyPath, raw: RawNotify) -> Option<Notify> {
+    // Zero is allowed: the drain is then announced at its deadline, just before the moves.
+    let before = values::duration(
+        r,
+        &path.key("before"),
+        raw.before.as_ref(),
+        NOTIFY_BEFORE,
+        Zero::Allowed,
+    );
+    match webhook(raw.webhook.as_str().trim()) {
+        Ok(webhook) => Some(Notify { webhook, before }),
+        Err(message) => {
+            r.err(&path.key("webhook"), message);
+            None
+        }
+    }
+}
+
+/// `http://host[:port][/path]`; the problem in words otherwise.
+fn webhook(text: &str) -> Result<Webhook, String> {
+    let example = "like http://127.0.0.1:8000/tether-events";
+    let not_http = || format!("`{text}` is not an http:// URL: write one {example}");
+    if !text.contains("://") {
+        // http::Uri would call a bare `host/path` an "invalid format"; say what is missing.
+        return Err(not_http());
+    }
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a URL ({e}): write one {example}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err("https webhooks are not supported yet".to_owned()),
+        _ => return Err(not_http()),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("`{text}` has no host: write one {example}"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "`{text}`: user names and passwords in the URL are not supported"
+        ));
+    }
+    let bracketed = authority.host();
+    let host = bracketed.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("`{text}` has no host: write one {example}"));
+    }
+    // Read the port text ourselves: `Authority::port` answers None both for no
+    // port and for one that is not a u16, and the latter must not become 80.
+    let after_host = authority.as_str().get(bracketed.len()..).unwrap_or("");
+    let port = match after_host.strip_prefix(':') {
+        None => 80,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                return Err(format!(
+                    "`{text}` has an invalid port `{p}` (must be 1-65535)"
+                ))
+            }
+        },
+    };
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    Ok(Webhook {
+        host: host.to_owned(),
+        port,
+        path: if path.is_empty() { "/" } else { path }.to_owned(),
     })
 }
 
@@ -85,14 +156,19 @@ fn health(r: &mut Report, path: &KeyPath, raw: Option<RawHealth>) -> Health {
     };
     let kind = h.kind.unwrap_or(default_kind);
     if kind != RawHealthKind::Http {
-        if h.path.is_some() {
-            r.err_key(&path.key("path"), "path only applies to `kind: http`");
-        }
-        if h.expect_status.is_some() {
-            r.err_key(
-                &path.key("expect_status"),
-                "expect_status only applies to `kind: http`",
-            );
+        let http_only = [
+            ("path", h.path.is_some()),
+            ("expect_status", h.expect_status.is_some()),
+            ("method", h.method.is_some()),
+            ("host", h.host.is_some()),
+        ];
+        for (key, set) in http_only {
+            if set {
+                r.err_key(
+                    &path.key(key),
+                    format!("{key} only applies to `kind: http`"),
+                );
+            }
         }
     }
     let interval = values::duration(
@@ -132,10 +208,34 @@ fn health(r: &mut Report, path: &KeyPath, raw: Option<RawHealth>) -> Health {
             r.err(&path.key(key), format!("{key} must be >= 1"));
         }
     }
+    let slowstart = values::duration(
+        r,
+        &path.key("slowstart"),
+        h.slowstart.as_ref(),
+        HEALTH_SLOWSTART,
+        Zero::Allowed,
+    );
+    let passive = passive(r, &path.key("passive"), h.passive, kind);
     let kind = match kind {
         RawHealthKind::None => HealthKind::None,
         RawHealthKind::Tcp => HealthKind::Tcp,
         RawHealthKind::Http => {
+            let method = method(r, &path.key("method"), h.method);
+            let host = h.host.filter(|host| {
+                // It goes verbatim into a request header: no spaces, no line breaks.
+                let ok = !host.is_empty()
+                    && host.bytes().all(|b| b.is_ascii_graphic())
+                    && http::HeaderValue::from_str(host).is_ok();
+                if !ok {
+                    r.err(
+                        &path.key("host"),
+                        format!(
+                            "health host `{host}` must be a host name or host:port without spaces"
+                        ),
+                    );
+                }
+                ok
+            });
             let hpath = h.path.unwrap_or_else(|| HEALTH_PATH.to_owned());
             if !hpath.starts_with('/') || hpath.chars().any(|c| c.is_whitespace() || c.is_control())
             {
@@ -162,7 +262,9 @@ fn health(r: &mut Report, path: &KeyPath, raw: Option<RawHealth>) -> Health {
                 }
             }
             HealthKind::Http {
+                method,
                 path: hpath,
+                host,
                 expect_status,
             }
         }
@@ -173,6 +275,70 @@ fn health(r: &mut Report, path: &KeyPath, raw: Option<RawHealth>) -> Health {
         timeout,
         rise,
         fall,
+        slowstart,
+        passive,
+    }
+}
+
+/// The probe's method: any token; the standard ones in any case (`head` is HEAD).
+fn method(r: &mut Report, path: &KeyPath, raw: Option<String>) -> http::Method {
+    const STANDARD: &[&str] = &[
+        "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE",
+    ];
+    let Some(raw) = raw else {
+        return HEALTH_METHOD;
+    };
+    let upper = raw.trim().to_ascii_uppercase();
+    if upper == "CONNECT" {
+        r.err(
+            path,
+            "CONNECT cannot be a health check method (it opens a tunnel)",
+        );
+        return HEALTH_METHOD;
+    }
+    let text = if STANDARD.contains(&upper.as_str()) {
+        upper.as_str()
+    } else {
+        raw.trim()
+    };
+    match http::Method::from_bytes(text.as_bytes()) {
+        Ok(m) if values::is_token(text) => m,
+        _ => {
+            r.err(
+                path,
+                format!("`{raw}` is not an HTTP method (a token like GET, HEAD or OPTIONS)"),
+            );
+            HEALTH_METHOD
+        }
+    }
+}
+
+/// Passive health; off by default with `kind: none`, whose backends could never come back.
+fn passive(
+    r: &mut Report,
+    path: &KeyPath,
+    raw: Option<RawPassive>,
+    kind: RawHealthKind,
+) -> Passive {
+    let p = raw.unwrap_or_default();
+    let active = kind != RawHealthKind::None;
+    let enabled = p.enabled.unwrap_or(active);
+    if enabled && !active {
+        r.err(
+            &path.key("enabled"),
+            "passive health needs an active check (kind: http or tcp) to bring a backend back up",
+        );
+    }
+    let on_5xx = p.on_5xx.unwrap_or(false);
+    if on_5xx && !enabled {
+        r.err(
+            &path.key("on_5xx"),
+            "on_5xx only applies when passive health is enabled",
+        );
+    }
+    Passive {
+        enabled: enabled && active,
+        on_5xx: on_5xx && enabled,
     }
 }
 

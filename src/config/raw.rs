@@ -54,6 +54,16 @@ pub(crate) const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 pub(crate) const HEALTH_RISE: u32 = 2;
 /// `pools.*.health.fall`: consecutive failures before a backend is down.
 pub(crate) const HEALTH_FALL: u32 = 2;
+/// `pools.*.health.method` (kind http).
+pub(crate) const HEALTH_METHOD: http::Method = http::Method::GET;
+// `pools.*.health.host` (kind http): absent = the backend's `ip:port`.
+/// `pools.*.health.slowstart`: zero = off (a backend takes its full share at once).
+pub(crate) const HEALTH_SLOWSTART: Duration = Duration::ZERO;
+// `pools.*.health.passive`: `{ enabled: true, on_5xx: false }`; with `kind: none`
+// it defaults to off, since nothing would ever bring a passively downed backend back.
+// `pools.*.notify`: absent = no notifications; `webhook` is required when given.
+/// `pools.*.notify.before`: a drain is announced this long before its deadline.
+pub(crate) const NOTIFY_BEFORE: Duration = Duration::from_secs(30);
 /// `pools.*.backends[*].weight`.
 pub(crate) const WEIGHT: u32 = 1;
 // `listeners[*].protocol`: http (the only one accepted for now).
@@ -137,6 +147,7 @@ pub(crate) struct RawPool {
     pub drain_timeout: Option<Scalar>,
     pub timeouts: Option<RawPoolTimeouts>,
     pub health: Option<RawHealth>,
+    pub notify: Option<RawNotify>,
     /// Each backend is deserialized on its own (see `build`).
     pub backends: Option<Value>,
 }
@@ -187,6 +198,30 @@ pub(crate) struct RawHealth {
     pub timeout: Option<Scalar>,
     pub rise: Option<u32>,
     pub fall: Option<u32>,
+    pub method: Option<String>,
+    pub host: Option<String>,
+    pub slowstart: Option<Scalar>,
+    pub passive: Option<RawPassive>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "passive health settings like { enabled: true, on_5xx: false }"
+)]
+pub(crate) struct RawPassive {
+    pub enabled: Option<bool>,
+    pub on_5xx: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "notification settings like { webhook: \"http://127.0.0.1:8000/events\", before: 30s }"
+)]
+pub(crate) struct RawNotify {
+    pub webhook: Scalar,
+    pub before: Option<Scalar>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

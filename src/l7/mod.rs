@@ -8,3 +8,4 @@ pub mod conn;
 pub mod listener;
 pub mod router;
 pub mod tunnel;
+pub mod wsframe;

@@ -22,9 +22,10 @@ use pingora::ErrorType;
 use super::conn::{ConnInfo, ConnStream};
 use super::listener::ListenerRt;
 use super::tunnel;
+use crate::affinity::hash::hash_key;
 use crate::affinity::key::{self, IpKey};
 use crate::config::{Fallback, Key};
-use crate::pool::{BackendRt, Decision};
+use crate::pool::{BackendRt, Decision, Health};
 use crate::store::{LiveGuard, MoveReason};
 
 pub struct Router {
@@ -44,7 +45,14 @@ pub struct Ctx {
     client_ip: Option<IpAddr>,
     upgrade: bool,
     upstream_counted: bool,
+    /// Backends that failed this request before answering (retries go elsewhere).
+    tried: Vec<usize>,
+    got_response: bool,
 }
+
+/// Retries of one request on other backends after a connect failure or an
+/// early reset (spec rule 5); pingora's own limit (`max_retries`) is higher.
+const MAX_RETRIES: usize = 2;
 
 const SELF_ANSWER: &str = "tether";
 
@@ -202,6 +210,31 @@ impl Router {
         self.apply(session, ctx, decision).await
     }
 
+    /// Count a passive failure of the current backend; `fall` of them in a row mark it down.
+    fn passive_failure(&self, ctx: &Ctx, why: &'static str) {
+        let pool = &self.listener.pool;
+        if let Some((i, b)) = &ctx.backend {
+            if pool.passive_enabled() && b.passive_failure(pool.cfg.health.fall) {
+                pool.mark_health(*i, Health::Down, why);
+            }
+        }
+    }
+
+    /// Record the current backend as tried; may the request go elsewhere?
+    fn may_retry(&self, ctx: &mut Ctx) -> bool {
+        let Some((i, _)) = ctx.backend else {
+            return false;
+        };
+        ctx.tried.push(i);
+        let h = ctx
+            .session
+            .as_ref()
+            .map(|v| hash_key(v.as_bytes()))
+            .unwrap_or(0);
+        ctx.tried.len() <= MAX_RETRIES
+            && self.listener.pool.pick_alternative(h, &ctx.tried).is_some()
+    }
+
     /// Spec rule 7: what every request forwarded upstream carries.
     fn rewrite_upstream(&self, session: &Session, up: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
         if let Some(v) = &ctx.session {
@@ -247,7 +280,9 @@ impl Router {
             idle: self.listener.cfg.timeouts.idle,
         };
         b.upstream_active.inc();
-        let res = tunnel::websocket(session, b.addr, &req, &t).await;
+        let reg = b.register_tunnel();
+        let res = tunnel::websocket(session, b.addr, &req, &t, &reg.ctl).await;
+        drop(reg);
         b.upstream_active.dec();
         match res {
             Ok(_) => Ok(true),
@@ -333,21 +368,97 @@ impl ProxyHttp for Router {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let pool = &self.listener.pool;
+        if !ctx.tried.is_empty() {
+            // A retry: another live backend for this request only, no re-pin (rule 5).
+            let h = ctx
+                .session
+                .as_ref()
+                .map(|v| hash_key(v.as_bytes()))
+                .unwrap_or_else(rand::random);
+            let Some(i) = pool.pick_alternative(h, &ctx.tried) else {
+                return Error::e_explain(
+                    ErrorType::ConnectNoRoute,
+                    "no other live backend to retry on",
+                );
+            };
+            if ctx.upstream_counted {
+                if let Some((_, old)) = &ctx.backend {
+                    old.upstream_active.dec();
+                }
+                ctx.upstream_counted = false;
+            }
+            ctx.backend = Some((i, pool.backends[i].clone()));
+        }
         let Some((_, b)) = &ctx.backend else {
             return Error::e_explain(ErrorType::InternalError, "no backend decided");
         };
-        let t = &self.listener.pool.cfg.timeouts;
+        let t = &pool.cfg.timeouts;
         let mut peer = HttpPeer::new(b.addr, false, String::new());
         peer.options.connection_timeout = Some(t.connect);
-        // A WebSocket may be quiet for long; a plain request must answer in time.
-        peer.options.read_timeout = Some(if ctx.upgrade {
-            self.listener.cfg.timeouts.idle
-        } else {
-            t.response_header
-        });
+        peer.options.read_timeout = Some(t.response_header);
         peer.options.write_timeout = Some(self.listener.cfg.timeouts.idle);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.passive_failure(ctx, "connect failed");
+        // Nothing was sent: any request may go to another backend.
+        if self.may_retry(ctx) {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.got_response || e.esource() != &ErrorSource::Upstream {
+            e.set_retry(false);
+            return e;
+        }
+        self.passive_failure(ctx, "failed before answering");
+        // A reset before the response: retry idempotent requests elsewhere. A timeout is
+        // not retried (it would double the wait), nor is a request whose body may be lost.
+        let replayable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        let timeout = matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        );
+        let retry = replayable && !timeout && self.may_retry(ctx);
+        e.set_retry(retry);
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.got_response = true;
+        if let Some((_, b)) = &ctx.backend {
+            if resp.status.is_server_error() && self.listener.pool.passive_5xx() {
+                self.passive_failure(ctx, "5xx response");
+            } else {
+                b.passive_success();
+            }
+        }
+        Ok(())
     }
 
     async fn connected_to_upstream(

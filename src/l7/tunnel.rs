@@ -20,6 +20,9 @@ use pingora::ErrorType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::wsframe::FrameTracker;
+use crate::backend::{CloseReason, TunnelCtl};
+
 /// Largest backend response header block accepted on an upgrade.
 const MAX_HEAD: usize = 64 * 1024;
 /// Largest body of a refused upgrade relayed back.
@@ -149,6 +152,7 @@ pub async fn websocket(
     addr: SocketAddr,
     req: &RequestHeader,
     t: &Timeouts,
+    ctl: &TunnelCtl,
 ) -> Result<u16> {
     let mut up = match tokio::time::timeout(t.connect, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
@@ -192,22 +196,33 @@ pub async fn websocket(
             .write_response_body(Some(Bytes::from(early)), false)
             .await?;
     }
-    pump(session, up, t.idle).await;
+    pump(session, up, t.idle, ctl).await;
     Ok(101)
 }
 
-/// Copy both ways until either side closes, fails, or nothing moves for `idle`.
-async fn pump(session: &mut Session, up: TcpStream, idle: Duration) {
+/// A server-to-client WebSocket close frame (unmasked) with `code` and no reason.
+fn close_frame(code: u16) -> Bytes {
+    let [hi, lo] = code.to_be_bytes();
+    Bytes::copy_from_slice(&[0x88, 0x02, hi, lo])
+}
+
+/// Copy both ways until either side closes, fails, nothing moves for `idle`,
+/// or tether closes the tunnel (backend down or drained out, or shutdown).
+/// tether's close frame goes only between two of the backend's frames and
+/// never after the backend's own close (see `wsframe`).
+async fn pump(session: &mut Session, up: TcpStream, idle: Duration, ctl: &TunnelCtl) {
     let (mut up_rd, mut up_wr) = up.into_split();
     let mut buf = vec![0u8; 16 * 1024];
+    let mut frames = FrameTracker::default();
     let mut client_open = true;
-    loop {
+    // The close code to send the client when we end the tunnel, if any.
+    let goodbye = loop {
         let idle_timer = tokio::time::sleep(idle);
         tokio::select! {
             r = session.read_request_body(), if client_open => match r {
                 Ok(Some(data)) => {
                     if up_wr.write_all(&data).await.is_err() {
-                        break;
+                        break Some(1012);
                     }
                 }
                 // the client half-closed: pass it on, keep relaying the backend's side
@@ -215,18 +230,29 @@ async fn pump(session: &mut Session, up: TcpStream, idle: Duration) {
                     client_open = false;
                     let _ = up_wr.shutdown().await;
                 }
-                Err(_) => break,
+                Err(_) => break None,
             },
             r = up_rd.read(&mut buf) => match r {
-                Ok(0) | Err(_) => break,
+                // The backend went away (crash, restart): tell the client to reconnect now.
+                Ok(0) | Err(_) => break Some(1012),
                 Ok(n) => {
+                    frames.feed(&buf[..n]);
                     if session.write_response_body(Some(Bytes::copy_from_slice(&buf[..n])), false).await.is_err() {
-                        break;
+                        break None;
                     }
                 }
             },
-            _ = idle_timer => break,
+            _ = idle_timer => break Some(1001),
+            why = ctl.closed() => break Some(match why {
+                CloseReason::Moved => 1012,
+                CloseReason::Shutdown => 1001,
+            }),
         }
+    };
+    if let Some(code) = goodbye.filter(|_| frames.may_close()) {
+        let _ = session
+            .write_response_body(Some(close_frame(code)), false)
+            .await;
     }
     let _ = session.write_response_body(None, true).await;
 }

@@ -197,3 +197,102 @@ pub fn config(
 pub fn backend_of(resp: &Response) -> String {
     resp.json()["id"].as_str().unwrap_or_default().to_string()
 }
+
+/// A whoami backend in its own process, so tests can freeze (SIGSTOP) and kill it.
+pub struct ProcBackend {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub child: Child,
+}
+
+impl ProcBackend {
+    pub fn start(id: &str) -> ProcBackend {
+        Self::start_on(id, "127.0.0.1:0")
+    }
+
+    pub fn start_on(id: &str, listen: &str) -> ProcBackend {
+        let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tether"))
+            .parent()
+            .expect("target dir")
+            .join("examples/whoami");
+        assert!(
+            exe.exists(),
+            "{} missing: run `cargo build --examples` (make test does)",
+            exe.display()
+        );
+        let mut child = Command::new(&exe)
+            .args(["--id", id, "--listen", listen])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn whoami");
+        let out = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(out)
+            .read_line(&mut line)
+            .expect("whoami prints its address");
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("address");
+        ProcBackend {
+            id: id.to_string(),
+            addr,
+            child,
+        }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)
+            .expect("signal backend");
+    }
+}
+
+impl Drop for ProcBackend {
+    fn drop(&mut self) {
+        // A stopped process must be continued to die promptly on SIGKILL's heels.
+        let _ = self.child.kill();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// YAML backend lines for process backends.
+pub fn proc_backend_yaml(backends: &[ProcBackend]) -> String {
+    backends
+        .iter()
+        .map(|b| format!("      - {{ id: {}, addr: \"{}\" }}\n", b.id, b.addr))
+        .collect()
+}
+
+/// Poll `/api/pools` until backend `id` of pool `app` reports `state`, or panic after `limit`.
+pub async fn wait_state(t: &Tether, id: &str, state: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let pools = Client::new(t.admin)
+            .get("/api/pools", &[])
+            .await
+            .expect("admin")
+            .json();
+        let now = pools["pools"][0]["backends"]
+            .as_array()
+            .and_then(|bs| bs.iter().find(|b| b["id"] == id))
+            .and_then(|b| b["state"].as_str())
+            .unwrap_or("")
+            .to_string();
+        if now == state {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{id} still {now:?}, not {state:?}, after {limit:?}\n{}",
+            t.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,275 @@
+//! One backend at runtime: health, admin state (drain), passive failure count,
+//! slow-start ramp, and the registry of its live tunnels (WebSockets, later
+//! TCP) so tether can close them when the backend goes down or drains out.
+//!
+//! Everything here is atomics or short critical sections: the data path reads
+//! `health()`/`draining()` per request, while the health checker, passive
+//! failures and the admin API write.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use prometheus::IntGauge;
+use tokio::sync::Notify;
+
+/// Monotonic milliseconds since the process started (0 is never a real instant here).
+pub fn mono_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// A backend's health as the pool sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Health {
+    /// No check has completed yet.
+    Unknown = 0,
+    Up = 1,
+    Down = 2,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+}
+
+/// Why tether closes a tunnel; decides the WebSocket close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// The backend went down or drained out: 1012 (service restart), reconnect now.
+    Moved = 1,
+    /// tether itself is stopping: 1001 (going away).
+    Shutdown = 2,
+}
+
+/// The handle tether keeps on one live tunnel.
+#[derive(Default)]
+pub struct TunnelCtl {
+    close: Notify,
+    reason: AtomicU8,
+}
+
+impl TunnelCtl {
+    pub fn close(&self, why: CloseReason) {
+        self.reason.store(why as u8, Ordering::Release);
+        self.close.notify_one();
+    }
+
+    /// Resolves once `close` was called; gives the reason.
+    pub async fn closed(&self) -> CloseReason {
+        self.close.notified().await;
+        match self.reason.load(Ordering::Acquire) {
+            2 => CloseReason::Shutdown,
+            _ => CloseReason::Moved,
+        }
+    }
+}
+
+/// Removes its tunnel from the registry when the tunnel ends.
+pub struct TunnelGuard {
+    backend: Arc<BackendRt>,
+    id: u64,
+    pub ctl: Arc<TunnelCtl>,
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.backend.tunnels.lock() {
+            t.remove(&self.id);
+        }
+    }
+}
+
+pub struct BackendRt {
+    pub id: Arc<str>,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    health: AtomicU8,
+    /// `mono_ms()` deadline of a drain; 0 = not draining.
+    drain_deadline: AtomicU64,
+    /// `mono_ms()` of the last transition to up (slow start) or down (move latency).
+    changed_at: AtomicU64,
+    /// `mono_ms()` when it last came back from down (slow start); 0 = never.
+    revived_at: AtomicU64,
+    passive_failures: AtomicU32,
+    pub upstream_active: IntGauge,
+    up_gauge: IntGauge,
+    tunnels: Mutex<HashMap<u64, Arc<TunnelCtl>>>,
+    next_tunnel: AtomicU64,
+}
+
+impl BackendRt {
+    pub fn new(
+        id: Arc<str>,
+        addr: SocketAddr,
+        weight: u32,
+        upstream_active: IntGauge,
+        up_gauge: IntGauge,
+    ) -> Self {
+        BackendRt {
+            id,
+            addr,
+            weight,
+            health: AtomicU8::new(Health::Unknown as u8),
+            drain_deadline: AtomicU64::new(0),
+            changed_at: AtomicU64::new(0),
+            revived_at: AtomicU64::new(0),
+            passive_failures: AtomicU32::new(0),
+            upstream_active,
+            up_gauge,
+            tunnels: Mutex::new(HashMap::new()),
+            next_tunnel: AtomicU64::new(1),
+        }
+    }
+
+    pub fn health(&self) -> Health {
+        match self.health.load(Ordering::Acquire) {
+            1 => Health::Up,
+            2 => Health::Down,
+            _ => Health::Unknown,
+        }
+    }
+
+    /// Set the health; returns the previous value.
+    pub fn set_health(&self, h: Health) -> Health {
+        let old = self.health.swap(h as u8, Ordering::AcqRel);
+        self.up_gauge.set(i64::from(h == Health::Up));
+        if old != h as u8 {
+            self.changed_at.store(mono_ms(), Ordering::Release);
+            if old == Health::Down as u8 && h == Health::Up {
+                self.revived_at.store(mono_ms(), Ordering::Release);
+            }
+            self.passive_failures.store(0, Ordering::Release);
+        }
+        match old {
+            1 => Health::Up,
+            2 => Health::Down,
+            _ => Health::Unknown,
+        }
+    }
+
+    /// How long ago health last changed (`None` if it never did).
+    pub fn since_change(&self) -> Option<Duration> {
+        match self.changed_at.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(Duration::from_millis(mono_ms().saturating_sub(t))),
+        }
+    }
+
+    /// How long ago it came back from down (`None`: never was down). A backend
+    /// that was up from the start does not slow-start.
+    pub fn since_revived(&self) -> Option<Duration> {
+        match self.revived_at.load(Ordering::Acquire) {
+            0 => None,
+            t => Some(Duration::from_millis(mono_ms().saturating_sub(t))),
+        }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.drain_deadline.load(Ordering::Acquire) != 0
+    }
+
+    /// Draining and past its deadline: its sessions must move.
+    pub fn drained_out(&self) -> bool {
+        let d = self.drain_deadline.load(Ordering::Acquire);
+        d != 0 && mono_ms() >= d
+    }
+
+    /// Start draining until `deadline` from now; returns the deadline token.
+    pub fn start_drain(&self, deadline: Duration) -> u64 {
+        let at = mono_ms() + deadline.as_millis() as u64;
+        self.drain_deadline.store(at, Ordering::Release);
+        at
+    }
+
+    /// Is the drain that ends at `token` still the current one?
+    pub fn drain_is(&self, token: u64) -> bool {
+        self.drain_deadline.load(Ordering::Acquire) == token
+    }
+
+    pub fn stop_drain(&self) {
+        self.drain_deadline.store(0, Ordering::Release);
+    }
+
+    /// May new sessions land here?
+    pub fn takes_new(&self) -> bool {
+        self.health() == Health::Up && !self.draining()
+    }
+
+    /// May a pinned session stay here? (rule 2: `up`, or `unknown` while its first check is pending)
+    pub fn keeps_sessions(&self) -> bool {
+        self.health() != Health::Down && !self.drained_out()
+    }
+
+    /// The state shown by the admin API.
+    pub fn state(&self) -> &'static str {
+        match self.health() {
+            Health::Down => "down",
+            _ if self.draining() => "draining",
+            h => h.as_str(),
+        }
+    }
+
+    /// Count one passive failure; true when `fall` consecutive ones are reached.
+    pub fn passive_failure(&self, fall: u32) -> bool {
+        self.passive_failures.fetch_add(1, Ordering::AcqRel) + 1 >= fall
+    }
+
+    pub fn passive_success(&self) {
+        if self.passive_failures.load(Ordering::Relaxed) != 0 {
+            self.passive_failures.store(0, Ordering::Release);
+        }
+    }
+
+    /// Register a live tunnel; it leaves the registry when the guard drops.
+    pub fn register_tunnel(self: &Arc<Self>) -> TunnelGuard {
+        let id = self.next_tunnel.fetch_add(1, Ordering::Relaxed);
+        let ctl = Arc::new(TunnelCtl::default());
+        if let Ok(mut t) = self.tunnels.lock() {
+            t.insert(id, ctl.clone());
+        }
+        TunnelGuard {
+            backend: self.clone(),
+            id,
+            ctl,
+        }
+    }
+
+    pub fn live_tunnels(&self) -> usize {
+        self.tunnels.lock().map(|t| t.len()).unwrap_or(0)
+    }
+
+    /// Close every live tunnel, spread evenly over `spread` (zero: all at once).
+    pub fn close_tunnels(self: &Arc<Self>, why: CloseReason, spread: Duration) {
+        let all: Vec<Arc<TunnelCtl>> = match self.tunnels.lock() {
+            Ok(t) => t.values().cloned().collect(),
+            Err(_) => return,
+        };
+        if all.is_empty() {
+            return;
+        }
+        tracing::info!(backend = %self.id, tunnels = all.len(), spread = ?spread, "closing live connections");
+        if spread.is_zero() {
+            for t in all {
+                t.close(why);
+            }
+            return;
+        }
+        let step = spread / all.len() as u32;
+        tokio::spawn(async move {
+            for t in all {
+                t.close(why);
+                tokio::time::sleep(step).await;
+            }
+        });
+    }
+}
