@@ -11,6 +11,7 @@
 //! | request | answer |
 //! | --- | --- |
 //! | `GET /healthz` | 200 `ok` (text/plain); another status after `Stats::set_health_status` |
+//! | `/reset` | reads the request (and its body), then closes the connection without answering |
 //! | `/hang` | reads the request, never answers; the connection stays open until the peer closes it |
 //! | `/status/NNN` | status NNN (200..=599) with the JSON body below (none for 204/304) |
 //! | `/set-cookie` | the JSON body plus `Set-Cookie: app=1` (a backend cookie the proxy must keep) |
@@ -558,6 +559,11 @@ async fn handle_connection(
             stream.write_all(&out).await?;
         } else {
             stats.requests.fetch_add(1, Ordering::Relaxed);
+            if path == "/reset" {
+                // Read the request, then drop the connection without a word: a crash
+                // between request and response, as a proxy's retry logic sees it.
+                return Ok(());
+            }
             if path == "/hang" {
                 // Never answer, but notice when the peer gives up so the socket is freed.
                 loop {

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub sessions_expired: IntCounterVec,
     pub bytes_total: IntCounterVec,
     pub notifications: IntCounterVec,
+    pub no_backend: IntCounterVec,
+    pub move_latency: HistogramVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -165,6 +167,26 @@ impl Metrics {
                 "Webhook notifications (sent, failed after retries, dropped on a full queue)",
                 &["pool", "result"],
             ),
+            no_backend: counter(
+                &r,
+                "no_backend_total",
+                "Requests answered 503 because no backend of the pool was live",
+                &["pool"],
+            ),
+            move_latency: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "session_move_seconds",
+                        "From a backend's mark-down to the first answered request of a session moved off it",
+                    )
+                    .namespace("tether")
+                    .buckets(vec![0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0]),
+                    &["pool"],
+                )
+                .unwrap_or_else(|e| panic!("metric session_move_seconds: {e}"));
+                let _ = r.register(Box::new(h.clone()));
+                h
+            },
             registry: r,
         }
     }

@@ -17,11 +17,8 @@ use crate::affinity::hash::{hash_key, Member, Ring};
 pub use crate::backend::{BackendRt, CloseReason, Health};
 use crate::config;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::store::{Hit, LiveGuard, MoveReason, PoolStore, Session, StoreError};
-
-/// How long a drained-out backend's live connections take to close, spread
-/// evenly so thousands of clients do not reconnect in the same millisecond.
-const CLOSE_SPREAD: Duration = Duration::from_secs(5);
 
 /// The hash ring over the backends eligible for new sessions, with the mapping
 /// from ring members back to backend indices.
@@ -43,6 +40,7 @@ pub struct PoolRt {
     eligible: ArcSwap<Eligible>,
     lookups: Lookups,
     metrics: Arc<Metrics>,
+    notifier: Option<Notifier>,
 }
 
 /// Where a request goes.
@@ -97,6 +95,10 @@ impl PoolRt {
                 ring: Ring::build(cfg.hash, &[]),
                 backend_of: Vec::new(),
             }),
+            notifier: cfg
+                .notify
+                .as_ref()
+                .map(|n| Notifier::spawn(n.webhook.clone(), metrics.clone())),
             cfg,
             backends,
             store,
@@ -159,10 +161,24 @@ impl PoolRt {
         tracing::info!(pool = %self.cfg.name, backend = %b.id, ?deadline, "draining");
         self.rebuild_ring();
         let pool = Arc::downgrade(self);
+        let end = tokio::time::Instant::now() + deadline;
         tokio::spawn(async move {
-            tokio::time::sleep(deadline).await;
-            if pool.upgrade().is_some() && b.drain_is(token) {
-                b.close_tunnels(CloseReason::Moved, CLOSE_SPREAD);
+            let notice = pool
+                .upgrade()
+                .and_then(|p| p.cfg.notify.as_ref().map(|n| n.before));
+            if let Some(before) = notice {
+                tokio::time::sleep_until(end.checked_sub(before).unwrap_or(end)).await;
+                if let Some(p) = pool.upgrade().filter(|_| b.drain_is(token)) {
+                    if let Some(n) = &p.notifier {
+                        let left = end.saturating_duration_since(tokio::time::Instant::now());
+                        let at = crate::store::now_ms() + left.as_millis() as u64;
+                        n.drain_pending(&p.cfg.name, &b.id, at, p.store.sessions_of(&b.id));
+                    }
+                }
+            }
+            tokio::time::sleep_until(end).await;
+            if let Some(p) = pool.upgrade().filter(|_| b.drain_is(token)) {
+                b.close_tunnels(CloseReason::Moved, p.cfg.close_spread);
             }
         });
         Some(())
@@ -221,7 +237,7 @@ impl PoolRt {
     /// announce. No I/O, no allocation, no lock beyond the store's shard read.
     pub fn route_hit(&self, key: &str) -> Option<Decision> {
         let hit = self.store.lookup(key)?;
-        if hit.moved.is_some() {
+        if hit.moved.is_some() || self.wants_failback(&hit).is_some() {
             return None;
         }
         let b = self.backend(&hit.backend).filter(|b| b.keeps_sessions())?;
@@ -229,39 +245,58 @@ impl PoolRt {
         Some(self.decide(b.clone(), hit, None))
     }
 
-    /// Route a request carrying session key `key` (rules 2, 3, 6).
+    /// With `failback: return`, the home backend to move a session back to, once
+    /// it takes sessions again.
+    fn wants_failback(&self, hit: &Hit) -> Option<usize> {
+        if self.cfg.failback != config::Failback::Return {
+            return None;
+        }
+        let home = hit
+            .home
+            .as_ref()
+            .filter(|h| h.as_ref() != hit.backend.as_ref())?;
+        let i = self.backend_index(home)?;
+        self.backends[i].takes_new().then_some(i)
+    }
+
+    /// Route a request carrying session key `key` (rules 2, 3, 4, 6).
     pub async fn route(&self, key: &str) -> Result<Decision, StoreError> {
         if let Some(d) = self.route_hit(key) {
             return Ok(d);
         }
         if let Some(hit) = self.store.lookup(key) {
-            if let Some(b) = self.backend(&hit.backend).filter(|b| b.keeps_sessions()) {
-                self.lookups.hit.inc();
-                let moved = match &hit.moved {
-                    Some(_) if self.store.take_moved(key, &hit.backend).await? => hit.moved.clone(),
-                    _ => None,
-                };
-                return Ok(self.decide(b.clone(), hit, moved));
+            if let Some(home) = self.wants_failback(&hit) {
+                return self.relocate(key, hit, home, MoveReason::Failback).await;
+            }
+            if self
+                .backend(&hit.backend)
+                .is_some_and(|b| b.keeps_sessions())
+            {
+                return self.follow(key).await;
             }
             return self.repin(key, hit).await;
         }
         let Some(idx) = self.pick(key) else {
-            return Ok(Decision::NoBackend);
+            return Ok(self.no_backend());
         };
         let hit = self
             .store
             .insert_if_absent(key, self.backends[idx].id.clone())
             .await?;
         self.lookups.new.inc();
-        self.metrics
-            .store_operations
-            .with_label_values(&[self.store_kind(), "insert", "ok"])
-            .inc();
         match self.backend(&hit.backend).filter(|b| b.keeps_sessions()) {
             Some(b) => Ok(self.decide(b.clone(), hit, None)),
             // Another instance won the race with a backend we cannot use: move it.
             None => self.repin(key, hit).await,
         }
+    }
+
+    fn no_backend(&self) -> Decision {
+        self.metrics
+            .no_backend
+            .with_label_values(&[&*self.cfg.name])
+            .inc();
+        Decision::NoBackend
     }
 
     /// A backend for a request that records nothing (`fallback: random`).
@@ -276,10 +311,6 @@ impl PoolRt {
             live: None,
             moved: None,
         }
-    }
-
-    fn store_kind(&self) -> &'static str {
-        "embedded"
     }
 
     fn decide(
@@ -318,46 +349,82 @@ impl PoolRt {
     }
 
     /// The pinned backend is unusable: move the session to the hash's choice
-    /// among live backends (compare-and-set against the old owner).
+    /// among live backends (rule 4).
     async fn repin(&self, key: &str, old: Hit) -> Result<Decision, StoreError> {
         let Some(idx) = self.pick(key) else {
-            return Ok(Decision::NoBackend);
+            return Ok(self.no_backend());
         };
-        let to = self.backends[idx].clone();
         let reason = match self.backend(&old.backend) {
             None => MoveReason::Removed,
             Some(b) if b.health() == Health::Down => MoveReason::Down,
             Some(_) => MoveReason::Drain,
         };
+        self.relocate(key, old, idx, reason).await
+    }
+
+    /// Move `key` from `old` to backend `idx` by compare-and-set, then follow
+    /// whatever owner the store settled on (another instance may have won).
+    async fn relocate(
+        &self,
+        key: &str,
+        old: Hit,
+        idx: usize,
+        reason: MoveReason,
+    ) -> Result<Decision, StoreError> {
+        let to = self.backends[idx].clone();
         let mut rec = Session::new(to.id.clone());
         rec.moved_from = Some(old.backend.clone());
         rec.move_reason = Some(reason);
+        // Remember where a session came from while its home may come back.
+        rec.home = match reason {
+            MoveReason::Down | MoveReason::Drain => {
+                old.home.clone().or_else(|| Some(old.backend.clone()))
+            }
+            MoveReason::Removed | MoveReason::Failback => None,
+        };
         if self.store.compare_and_set(key, &old.backend, rec).await? {
             self.lookups.moved.inc();
             self.metrics
                 .session_moves
                 .with_label_values(&[&*self.cfg.name, &*old.backend, &*to.id, reason.as_str()])
                 .inc();
+            if let Some(n) = &self.notifier {
+                n.moved(&self.cfg.name, &old.backend, &to.id, reason);
+            }
         }
-        // Whoever won the CAS, the store now holds the owner: follow it.
-        match self.store.lookup(key) {
-            Some(hit) => match self.backend(&hit.backend).filter(|b| b.keeps_sessions()) {
-                Some(b) => {
-                    let moved = match &hit.moved {
-                        Some(_) if self.store.take_moved(key, &hit.backend).await? => {
-                            hit.moved.clone()
-                        }
-                        _ => None,
-                    };
-                    Ok(self.decide(b.clone(), hit, moved))
-                }
-                None => Ok(Decision::NoBackend),
-            },
-            None => Ok(Decision::Backend {
-                backend: to,
-                live: None,
-                moved: None,
-            }),
+        self.follow(key).await
+    }
+
+    /// Route to the owner the store holds now, announcing a pending move once.
+    async fn follow(&self, key: &str) -> Result<Decision, StoreError> {
+        let Some(hit) = self.store.lookup(key) else {
+            return Ok(self.no_backend());
+        };
+        let Some(b) = self
+            .backend(&hit.backend)
+            .filter(|b| b.keeps_sessions())
+            .cloned()
+        else {
+            return Ok(self.no_backend());
+        };
+        self.lookups.hit.inc();
+        let moved = match &hit.moved {
+            Some(_) if self.store.take_moved(key, &hit.backend).await? => hit.moved.clone(),
+            _ => None,
+        };
+        Ok(self.decide(b, hit, moved))
+    }
+
+    /// Time since `backend` went down (for the move-latency histogram).
+    pub fn observe_move(&self, from: &str, reason: MoveReason) {
+        if reason != MoveReason::Down {
+            return;
+        }
+        if let Some(d) = self.backend(from).and_then(|b| b.since_change()) {
+            self.metrics
+                .move_latency
+                .with_label_values(&[&*self.cfg.name])
+                .observe(d.as_secs_f64());
         }
     }
 }

@@ -361,3 +361,34 @@ async fn a_backend_down_at_start_gets_nothing_until_it_passes() {
     assert!(on_b2 > 10, "new sessions reach it once up: {on_b2}/60");
     drop(late);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_before_the_response_are_retried_only_when_safe() {
+    let b = common::backends(2).await;
+    // a high `fall`: this test is about retries, not mark-downs
+    let t = Tether::start(&yaml(
+        &common::backend_yaml(&b),
+        "{ kind: tcp, interval: 30s, timeout: 500ms, rise: 1, fall: 100 }",
+        "",
+    ));
+    let seen = || b.iter().map(|b| b.stats.requests()).sum::<u64>();
+    let before = seen();
+    let r = Client::new(t.addr("web")).get("/reset", &[]).await.unwrap();
+    assert_eq!(r.status, 502, "every backend reset");
+    assert_eq!(
+        seen() - before,
+        2,
+        "an idempotent GET is retried on the other backend"
+    );
+    let before = seen();
+    let r = Client::new(t.addr("web"))
+        .request("POST", "/reset", &[], b"payload")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        seen() - before,
+        1,
+        "a POST whose body was sent is not replayed"
+    );
+}

@@ -98,6 +98,9 @@ pub struct Pool {
     pub on_backend_down: OnBackendDown,
     pub failback: Failback,
     pub drain_timeout: Duration,
+    /// A drained-out backend's live connections close spread over this window
+    /// (HAProxy's close-spread-time), so clients do not all reconnect at once.
+    pub close_spread: Duration,
     pub timeouts: PoolTimeouts,
     pub health: Health,
     /// Webhook told about drains and moved sessions; `None`: nobody is told.

@@ -32,6 +32,13 @@ pub(crate) fn pool(r: &mut Report, path: &KeyPath, name: &str, value: &Value) ->
         DRAIN_TIMEOUT,
         Zero::Rejected,
     );
+    let close_spread = values::duration(
+        r,
+        &path.key("close_spread"),
+        raw.close_spread.as_ref(),
+        CLOSE_SPREAD,
+        Zero::Allowed,
+    );
     let t = raw.timeouts.unwrap_or_default();
     let tp = path.key("timeouts");
     let timeouts = PoolTimeouts {
@@ -70,6 +77,7 @@ pub(crate) fn pool(r: &mut Report, path: &KeyPath, name: &str, value: &Value) ->
             RawFailback::Return => Failback::Return,
         },
         drain_timeout,
+        close_spread,
         timeouts,
         health,
         notify,

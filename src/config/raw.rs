@@ -36,6 +36,8 @@ pub(crate) const MAX_SESSIONS: usize = 1_000_000;
 // `failback`: stay.
 /// `pools.*.drain_timeout`.
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// `pools.*.close_spread`: a drained-out backend's live connections close over this window.
+pub(crate) const CLOSE_SPREAD: Duration = Duration::from_secs(5);
 /// `pools.*.timeouts.connect`.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// `pools.*.timeouts.response_header`.
@@ -145,6 +147,7 @@ pub(crate) struct RawPool {
     pub on_backend_down: Option<RawOnBackendDown>,
     pub failback: Option<RawFailback>,
     pub drain_timeout: Option<Scalar>,
+    pub close_spread: Option<Scalar>,
     pub timeouts: Option<RawPoolTimeouts>,
     pub health: Option<RawHealth>,
     pub notify: Option<RawNotify>,

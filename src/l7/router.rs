@@ -546,6 +546,9 @@ impl ProxyHttp for Router {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        if let (Some((from, reason)), 100..=499) = (&ctx.moved, status) {
+            l.pool.observe_move(from, *reason);
+        }
         if status != 0 {
             let slot = ctx
                 .backend

@@ -52,6 +52,11 @@ pub struct Session {
     pub moved_from: Option<Arc<str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub move_reason: Option<MoveReason>,
+    /// The backend the session was moved away from (down or drain) and will
+    /// return to with `failback: return` once it is back. Survives the clearing
+    /// of `moved_from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<Arc<str>>,
 }
 
 impl Session {
@@ -63,6 +68,7 @@ impl Session {
             last_seen: now,
             moved_from: None,
             move_reason: None,
+            home: None,
         }
     }
 }
@@ -116,6 +122,8 @@ pub struct Hit {
     pub backend: Arc<str>,
     /// Set while the first request after a move has not been forwarded yet.
     pub moved: Option<(Arc<str>, MoveReason)>,
+    /// Where the session lived before a down/drain move (see [`Session::home`]).
+    pub home: Option<Arc<str>>,
     pub live: Arc<AtomicU32>,
 }
 

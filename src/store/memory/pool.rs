@@ -25,6 +25,7 @@ struct Record {
     since: u64,
     moved_from: Option<Arc<str>>,
     move_reason: Option<MoveReason>,
+    home: Option<Arc<str>>,
 }
 
 pub(super) struct Entry {
@@ -59,6 +60,7 @@ impl Entry {
         Hit {
             backend: record.backend.clone(),
             moved,
+            home: record.home.clone(),
             live: self.live.clone(),
         }
     }
@@ -71,6 +73,7 @@ impl Entry {
             last_seen: self.last_seen.load(Relaxed),
             moved_from: record.moved_from.clone(),
             move_reason: record.move_reason,
+            home: record.home.clone(),
         }
     }
 }
@@ -82,6 +85,7 @@ impl From<&Session> for Record {
             since: s.since,
             moved_from: s.moved_from.clone(),
             move_reason: s.move_reason,
+            home: s.home.clone(),
         }
     }
 }
@@ -248,6 +252,7 @@ impl PoolStore for MemPool {
                 since: old.since,
                 moved_from: None,
                 move_reason: None,
+                home: old.home.clone(),
             })
         }))
     }
