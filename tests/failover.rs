@@ -392,3 +392,51 @@ async fn resets_before_the_response_are_retried_only_when_safe() {
         "a POST whose body was sent is not replayed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revived_backend_slow_starts() {
+    let b = common::backends(2).await;
+    let t = Tether::start(&yaml(
+        &common::backend_yaml(&b),
+        "{ kind: http, path: /healthz, interval: 100ms, timeout: 80ms, rise: 1, fall: 1, slowstart: 3s }",
+        "",
+    ));
+    b[0].stats.set_health_status(500);
+    wait_state(&t, "b1", "down", Duration::from_secs(2)).await;
+    b[0].stats.set_health_status(200);
+    wait_state(&t, "b1", "up", Duration::from_secs(2)).await;
+    let share = |n: usize| {
+        let addr = t.addr("web");
+        async move {
+            let mut on_b1 = 0;
+            for _ in 0..n {
+                let r = Client::new(addr).get("/", &[]).await.unwrap();
+                on_b1 += usize::from(backend_of(&r) == "b1");
+            }
+            on_b1 as f64 / n as f64
+        }
+    };
+    let early = share(100).await;
+    assert!(early < 0.3, "right after coming back b1 takes a small share: {early}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let late = share(200).await;
+    assert!(late > 0.35, "after the window b1 takes its full share: {late}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_backend_down_keep_leaves_websockets_open() {
+    let procs: Vec<ProcBackend> = (1..=2).map(|i| ProcBackend::start(&format!("b{i}"))).collect();
+    let t = Tether::start(&yaml(&proc_backend_yaml(&procs), FAST_HEALTH, "    on_backend_down: keep\n"));
+    let mut sessions = open_sessions(&t, 10).await;
+    let victim = sessions[0].owner.clone();
+    let vi = procs.iter().position(|p| p.id == victim).unwrap();
+    procs[vi].signal(Signal::SIGSTOP);
+    wait_state(&t, &victim, "down", Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for s in sessions.iter_mut().filter(|s| s.owner == victim) {
+        let ws = s.ws.as_mut().unwrap();
+        let next = tokio::time::timeout(Duration::from_millis(50), ws.next()).await;
+        assert!(next.is_err(), "tether must not close it with `keep`: {next:?}");
+    }
+    procs[vi].signal(Signal::SIGCONT);
+}
