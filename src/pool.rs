@@ -321,7 +321,7 @@ impl PoolRt {
     ) -> Decision {
         Decision::Backend {
             backend,
-            live: Some(LiveGuard::new(hit.live)),
+            live: Some(LiveGuard::new(hit.meta)),
             moved,
         }
     }

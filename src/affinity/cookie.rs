@@ -12,6 +12,9 @@ use base64::Engine;
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
+use super::hash::hash_key;
+use crate::store::SessionMeta;
+
 const ID_LEN: usize = 22;
 const ISSUED_LEN: usize = 8;
 const MAC_LEN: usize = 43;
@@ -52,6 +55,41 @@ impl CookieSigner {
             id: &signed[..ID_LEN],
             issued,
         })
+    }
+
+    /// The session id of a well-formed value, *not yet verified*: only for
+    /// finding the session whose stamp [`Self::verify_with`] checks.
+    pub fn id_of(value: &str) -> Option<&str> {
+        (value.len() == VALUE_LEN && value.is_ascii()).then(|| &value[..ID_LEN])
+    }
+
+    /// Like [`Self::verify`], but skips the HMAC when `meta` (the session's
+    /// state in the store) holds the fingerprint of this exact value, verified
+    /// before; a successful full check records the fingerprint. A forged value
+    /// never matches: its fingerprint differs from the genuine one's.
+    pub fn verify_with<'a>(
+        &self,
+        value: &'a str,
+        meta: Option<&SessionMeta>,
+    ) -> Option<Verified<'a>> {
+        let stamp = Self::stamp(value);
+        if meta.is_some_and(|m| m.stamp() == stamp) {
+            let issued = u32::from_str_radix(value.get(ID_LEN..ID_LEN + ISSUED_LEN)?, 16).ok()?;
+            return Some(Verified {
+                id: &value[..ID_LEN],
+                issued,
+            });
+        }
+        let v = self.verify(value)?;
+        if let Some(m) = meta {
+            m.set_stamp(stamp);
+        }
+        Some(v)
+    }
+
+    /// Fingerprint of a whole cookie value (never 0, which means "none").
+    fn stamp(value: &str) -> u64 {
+        hash_key(value.as_bytes()) | 1
     }
 
     /// A fresh random session id (22 chars).
@@ -102,6 +140,17 @@ mod tests {
                 assert!(s.verify(&t).is_none(), "tampered at {i}");
             }
         }
+        // the stamp fast path: verified once, then recognised; a tampered value is not
+        let meta = SessionMeta::default();
+        assert_eq!(s.verify_with(&v, Some(&meta)), Some(ok));
+        assert_ne!(meta.stamp(), 0);
+        assert_eq!(s.verify_with(&v, Some(&meta)), Some(ok));
+        let mut t = v.clone().into_bytes();
+        t[40] = if t[40] == b'A' { b'B' } else { b'A' };
+        assert!(s
+            .verify_with(std::str::from_utf8(&t).unwrap(), Some(&meta))
+            .is_none());
+        assert_eq!(CookieSigner::id_of(&v), Some(&v[..22]));
         let other = CookieSigner::new(b"another-secret-another-secret-xx");
         assert!(other.verify(&v).is_none());
         assert!(s.verify("short").is_none());

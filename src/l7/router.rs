@@ -22,6 +22,7 @@ use pingora::ErrorType;
 use super::conn::{ConnInfo, ConnStream};
 use super::listener::ListenerRt;
 use super::tunnel;
+use crate::affinity::cookie::CookieSigner;
 use crate::affinity::hash::hash_key;
 use crate::affinity::key::{self, IpKey};
 use crate::config::{Fallback, Key};
@@ -141,15 +142,27 @@ impl Router {
         let l = &self.listener;
         let req = session.req_header();
         let mut key: Option<&str> = None;
+        // A store hit found while checking the cookie, reused as the decision.
+        let mut early: Option<Decision> = None;
         let ipkey;
         match &l.cfg.affinity.key {
             Key::Cookie(c) => match (&c.insert, &l.signer) {
                 (Some(ins), Some(signer)) => {
                     let now = now_secs();
                     let max_age = ins.max_age.as_secs().min(u64::from(u32::MAX)) as u32;
-                    match key::cookie(&req.headers, &c.name).and_then(|v| signer.verify(v)) {
+                    let raw = key::cookie(&req.headers, &c.name);
+                    // The session's stamp lets a cookie verified before skip the HMAC.
+                    let hit = raw
+                        .and_then(CookieSigner::id_of)
+                        .and_then(|id| l.pool.route_hit(id));
+                    let meta = match &hit {
+                        Some(Decision::Backend { live: Some(g), .. }) => Some(g.meta()),
+                        _ => None,
+                    };
+                    match raw.and_then(|v| signer.verify_with(v, meta)) {
                         Some(v) => {
                             key = Some(v.id);
+                            early = hit;
                             if now.saturating_sub(v.issued) >= max_age / 2 {
                                 ctx.set_cookie = Some(signer.sign(v.id, now));
                             }
@@ -200,6 +213,9 @@ impl Router {
             return answer(session, 400, &[]).await;
         };
         ctx.session = HeaderValue::from_bytes(key.as_bytes()).ok();
+        if let Some(d) = early {
+            return self.apply(session, ctx, d).await;
+        }
         let decision = match l.pool.route(key).await {
             Ok(d) => d,
             Err(e) => {

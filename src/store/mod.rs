@@ -12,7 +12,7 @@ mod persist;
 
 pub use memory::MemoryStore;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -98,21 +98,49 @@ pub enum StoreError {
     Unavailable(String),
 }
 
-/// Counts live connections/requests of one session; while any is alive the
+/// Per-session state kept beside the record (it survives re-pins): live
+/// connections, and the fingerprint of the last verified affinity cookie.
+#[derive(Debug, Default)]
+pub struct SessionMeta {
+    live: AtomicU32,
+    stamp: AtomicU64,
+}
+
+impl SessionMeta {
+    /// Live connections/requests: while any is alive the session is never idle.
+    pub fn live(&self) -> u32 {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Fingerprint of the last cookie value verified for this session (0: none).
+    pub fn stamp(&self) -> u64 {
+        self.stamp.load(Ordering::Relaxed)
+    }
+
+    pub fn set_stamp(&self, stamp: u64) {
+        self.stamp.store(stamp, Ordering::Relaxed);
+    }
+}
+
+/// Counts one live connection/request of a session; while any is alive the
 /// session is never idle (so never expired or evicted).
 #[derive(Debug)]
-pub struct LiveGuard(Arc<AtomicU32>);
+pub struct LiveGuard(Arc<SessionMeta>);
 
 impl LiveGuard {
-    pub fn new(counter: Arc<AtomicU32>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        LiveGuard(counter)
+    pub fn new(meta: Arc<SessionMeta>) -> Self {
+        meta.live.fetch_add(1, Ordering::Relaxed);
+        LiveGuard(meta)
+    }
+
+    pub fn meta(&self) -> &SessionMeta {
+        &self.0
     }
 }
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -124,7 +152,7 @@ pub struct Hit {
     pub moved: Option<(Arc<str>, MoveReason)>,
     /// Where the session lived before a down/drain move (see [`Session::home`]).
     pub home: Option<Arc<str>>,
-    pub live: Arc<AtomicU32>,
+    pub meta: Arc<SessionMeta>,
 }
 
 /// A whole store: sessions of every pool, plus store-wide values (the cookie secret).

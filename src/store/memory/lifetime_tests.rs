@@ -19,7 +19,7 @@ async fn idle_sessions_expire_live_ones_never() {
         .insert_if_absent("busy", "a".into())
         .await
         .expect("insert");
-    let guard = LiveGuard::new(busy.live);
+    let guard = LiveGuard::new(busy.meta);
     assert_eq!(store.shared.sweep(), 0, "nothing is old yet");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(store.shared.sweep(), 1);
@@ -109,7 +109,7 @@ async fn eviction_spares_live_sessions_and_frees_a_batch() {
             .await
             .expect("insert");
         if i < 10 {
-            guards.push(LiveGuard::new(hit.live)); // the oldest ten are busy
+            guards.push(LiveGuard::new(hit.meta)); // the oldest ten are busy
         }
         if i < 12 {
             // Distinct timestamps for the oldest, so "least recent" is well defined.
@@ -133,7 +133,7 @@ async fn eviction_spares_live_sessions_and_frees_a_batch() {
             .insert_if_absent(&format!("k{i}"), "a".into())
             .await
             .expect("insert");
-        guards.push(LiveGuard::new(hit.live));
+        guards.push(LiveGuard::new(hit.meta));
     }
     assert_eq!(
         (store.len(), store.evictions(), pool.sessions_of("a")),

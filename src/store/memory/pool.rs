@@ -8,7 +8,7 @@
 //! is queued inside that same critical section; that keeps counts exact and the
 //! log in the same order as memory.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -17,7 +17,7 @@ use dashmap::mapref::entry::Entry as Slot;
 use dashmap::DashMap;
 
 use super::Shared;
-use crate::store::{Hit, MoveReason, PoolStore, Session, StoreError};
+use crate::store::{Hit, MoveReason, PoolStore, Session, SessionMeta, StoreError};
 
 /// Who owns a key; replaced whole on every change.
 struct Record {
@@ -34,7 +34,7 @@ pub(super) struct Entry {
     pub(super) last_seen: AtomicU64,
     /// The `last_seen` last written to the journal (touches are rate-limited).
     pub(super) persisted_seen: AtomicU64,
-    pub(super) live: Arc<AtomicU32>,
+    pub(super) meta: Arc<SessionMeta>,
 }
 
 impl Entry {
@@ -43,12 +43,12 @@ impl Entry {
             record: ArcSwap::from_pointee(Record::from(session)),
             last_seen: AtomicU64::new(session.last_seen),
             persisted_seen: AtomicU64::new(session.last_seen),
-            live: Arc::new(AtomicU32::new(0)),
+            meta: Arc::new(SessionMeta::default()),
         }
     }
 
     pub(super) fn is_idle(&self) -> bool {
-        self.live.load(Relaxed) == 0
+        self.meta.live() == 0
     }
 
     fn hit(&self) -> Hit {
@@ -61,7 +61,7 @@ impl Entry {
             backend: record.backend.clone(),
             moved,
             home: record.home.clone(),
-            live: self.live.clone(),
+            meta: self.meta.clone(),
         }
     }
 

@@ -100,7 +100,7 @@ async fn compare_and_set_only_from_expected_owner() {
         .expect("insert");
     assert_eq!(&*first.backend, "a");
     assert!(first.moved.is_none());
-    let _guard = LiveGuard::new(first.live.clone());
+    let _guard = LiveGuard::new(first.meta.clone());
 
     assert!(!pool
         .compare_and_set("k", "b", Session::new("c".into()))
@@ -120,8 +120,8 @@ async fn compare_and_set_only_from_expected_owner() {
     assert_eq!(&*hit.backend, "b");
     assert_eq!(hit.moved, Some(("a".into(), MoveReason::Down)));
     // Same entry: the live counter followed the key to its new owner.
-    assert!(Arc::ptr_eq(&hit.live, &first.live));
-    assert_eq!(hit.live.load(Relaxed), 1);
+    assert!(Arc::ptr_eq(&hit.meta, &first.meta));
+    assert_eq!(hit.meta.live(), 1);
     assert_eq!((pool.sessions_of("a"), pool.sessions_of("b")), (0, 1));
     // The loser of a second racing CAS from the old owner changes nothing.
     assert!(!pool
