@@ -79,7 +79,9 @@ descendants() { # PID -> PID and every descendant, space-separated
   local root=$1 f line pid changed=1
   local -A parent=()
   for f in /proc/[0-9]*/stat; do
-    { line=$(<"$f"); } 2>/dev/null || continue
+    # `read`, not `$(<"$f")`: under set -e, bash exits outright when `$(<file)` cannot
+    # open a file (a process that just ended), `|| continue` notwithstanding.
+    { read -r line <"$f"; } 2>/dev/null || continue
     pid=${line%% *}
     # comm (field 2) may hold spaces and parentheses: cut at the last ") ".
     line=${line##*) }
@@ -100,21 +102,30 @@ descendants() { # PID -> PID and every descendant, space-separated
   echo "${out% }"
 }
 
+alive() { # PID is running (a zombie, exited but not yet reaped by `wait`, is not)
+  local line
+  { read -r line <"/proc/$1/stat"; } 2>/dev/null || return 1
+  line=${line##*) }
+  [[ ${line:0:1} != Z ]]
+}
+
 cleanup() {
-  local rc=$? pid p deadline alive
+  local rc=$? pid deadline any
   trap - EXIT INT TERM
+  # Whatever fails in here, every server must still be stopped.
+  set +e
   for pid in "${STARTED[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
   done
   # Give graceful shutdowns a moment, then make sure every process we started is gone.
   deadline=$((SECONDS + 5))
   while ((SECONDS < deadline)); do
-    alive=0
+    any=0
     # shellcheck disable=SC2048 # TREE values are space-separated pid lists: split them
     for pid in "${STARTED[@]}" ${TREE[*]-}; do
-      kill -0 "$pid" 2>/dev/null && alive=1
+      alive "$pid" && any=1
     done
-    ((alive)) || break
+    ((any)) || break
     sleep 0.1
   done
   # shellcheck disable=SC2048
@@ -257,7 +268,7 @@ cpu_ticks() { # PIDS...: utime+stime, in clock ticks, summed over the processes
   local total=0 pid line
   local -a f
   for pid in "$@"; do
-    { line=$(<"/proc/$pid/stat"); } 2>/dev/null || continue
+    { read -r line <"/proc/$pid/stat"; } 2>/dev/null || continue
     line=${line##*) }
     read -r -a f <<<"$line"
     # After "pid (comm) ": f[0] is field 3 (state), so utime (14) is f[11], stime (15) f[12].
