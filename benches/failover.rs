@@ -4,14 +4,14 @@
 //! ```text
 //! cargo build --release --bin tether --example whoami
 //! cargo bench --bench failover            # N=1000 clients
-//! N=8000 cargo bench --bench failover     # 16,000 fds in tether: needs `ulimit -Hn` >= ~16,500
+//! N=8000 cargo bench --bench failover     # 16,000 fds in tether: needs `ulimit -Hn` >= 16,500
 //! ```
 //!
 //! Everything runs on loopback with ephemeral ports: three `whoami` backends (separate
 //! processes) and `tether` with http health checks every 250 ms (fall 2). N clients each
 //! get a session (a `GET /` that sets the `TETHER` cookie) and hold a WebSocket with it.
-//! Then the backend with the most sessions is frozen with SIGSTOP (its sockets stay open,
-//! so only tether's health checks can notice) at T0, and `GET /api/pools` is polled every
+//! Then the backend with the most sessions is frozen with SIGSTOP at T0 (its sockets stay
+//! open, so only tether's health checks can notice), and `GET /api/pools` is polled every
 //! 10 ms for the instant T_down its state turns `down`. Each affected client waits for its
 //! WebSocket to end (tether closes it with 1012), reconnects at once with its cookie
 //! (`GET /`, then a new WebSocket) and records when the echo comes back from another
@@ -24,7 +24,7 @@
 //! Without `--bench` in its arguments (`cargo test --all-targets`) it does nothing.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -39,21 +39,24 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
-use tokio::time::{sleep_until, timeout, timeout_at};
+use tokio::time::{sleep, sleep_until, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Sessions opened at once while setting up.
+/// Sessions opened at once while setting up (the reconnects after the freeze are not
+/// throttled: a herd is what a real failover produces).
 const OPEN_CONCURRENCY: usize = 64;
 /// An affected session not back this long after the mark-down is lost.
 const LOST_AFTER: Duration = Duration::from_secs(10);
 const POLL_EVERY: Duration = Duration::from_millis(10);
+const HEALTH: &str =
+    "{ kind: http, path: /healthz, interval: 250ms, timeout: 200ms, rise: 2, fall: 2 }";
 
-/// A child process we started, SIGKILLed by pid when dropped (panic and Ctrl-C included;
-/// SIGKILL also ends a SIGSTOPped process).
+/// A child process we started, SIGKILLed by its pid when dropped (on panic and Ctrl-C
+/// too; SIGKILL also ends a SIGSTOPped process).
 struct Proc(Child);
 
 impl Drop for Proc {
@@ -65,125 +68,120 @@ impl Drop for Proc {
     }
 }
 
+/// Start `bin` with one of its output streams piped into a channel of lines (drained
+/// by a thread for the process's whole life, so it never blocks on a full pipe).
+fn spawn(mut cmd: Command, stderr: bool) -> Result<(Proc, mpsc::Receiver<String>)> {
+    let (out, err) = if stderr {
+        (Stdio::null(), Stdio::piped())
+    } else {
+        (Stdio::piped(), Stdio::inherit())
+    };
+    let mut child = cmd
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let pipe: Box<dyn Read + Send> = match (child.stdout.take(), child.stderr.take()) {
+        (Some(o), _) => Box::new(o),
+        (_, Some(e)) => Box::new(e),
+        _ => bail!("no pipe"),
+    };
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Ok((Proc(child), rx))
+}
+
+/// The binary at `$var`, else `rel` in the target dir this bench runs from
+/// (target/release/deps/failover-HASH).
 fn binary(var: &str, rel: &str) -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(var) {
         return Ok(p.into());
     }
-    // The bench runs as target/release/deps/failover-HASH; the binaries sit in target/release.
     let exe = std::env::current_exe().context("locating the bench executable")?;
-    let dir = exe
+    Ok(exe
         .parent()
         .and_then(|d| d.parent())
-        .context("target dir")?;
-    Ok(dir.join(rel))
-}
-
-fn start_whoami(bin: &PathBuf, id: &str) -> Result<(Proc, SocketAddr)> {
-    let mut child = Command::new(bin)
-        .args(["--id", id, "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let out = child.stdout.take().context("whoami stdout")?;
-    let proc = Proc(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    // `whoami bN listening on 127.0.0.1:PORT`
-    let line = rx
-        .recv_timeout(Duration::from_secs(10))
-        .with_context(|| format!("whoami {id} did not say where it listens"))?;
-    let addr = line
-        .rsplit(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .with_context(|| format!("whoami {id}: unexpected line {line:?}"))?;
-    Ok((proc, addr))
-}
-
-/// tether's stderr: the last lines (for errors) and when a `backend down` line arrived.
-#[derive(Default)]
-struct Log {
-    tail: VecDeque<String>,
-    down_lines: Vec<(Instant, String)>,
+        .context("target dir")?
+        .join(rel))
 }
 
 struct Tether {
-    _proc: Proc,
+    proc: Proc,
     web: SocketAddr,
     admin: SocketAddr,
-    log: Arc<Mutex<Log>>,
+    /// The last lines of its log (for errors) and when a `backend down` line arrived.
+    tail: Arc<Mutex<VecDeque<String>>>,
+    downs: Arc<Mutex<Vec<(Instant, String)>>>,
 }
 
-fn start_tether(bin: &PathBuf, yaml: &str, dir: &tempfile::TempDir) -> Result<Tether> {
-    let config = dir.path().join("tether.yaml");
-    std::fs::write(&config, yaml).context("writing tether.yaml")?;
-    let mut child = Command::new(bin)
-        .arg("-c")
-        .arg(&config)
-        .env(
-            "RUST_LOG",
-            std::env::var("TETHER_LOG").unwrap_or("info".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let err = child.stderr.take().context("tether stderr")?;
-    let proc = Proc(child);
-    let log = Arc::new(Mutex::new(Log::default()));
-    let (tx, rx) = mpsc::channel();
-    let shared = log.clone();
-    // Drain stderr for tether's whole life, or it blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if let Ok(mut l) = shared.lock() {
-                if line.contains("backend down") {
-                    l.down_lines.push((Instant::now(), line.clone()));
-                }
-                l.tail.push_back(line.clone());
-                if l.tail.len() > 40 {
-                    l.tail.pop_front();
-                }
-            }
-            let _ = tx.send(line);
-        }
-    });
+fn start_tether(bin: &PathBuf, config: &std::path::Path) -> Result<Tether> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("-c").arg(config).env(
+        "RUST_LOG",
+        std::env::var("TETHER_LOG").unwrap_or("info".into()),
+    );
+    let (proc, rx) = spawn(cmd, true)?;
+    let (tail, downs) = (
+        Arc::new(Mutex::new(VecDeque::new())),
+        Arc::new(Mutex::new(Vec::new())),
+    );
     let (mut web, mut admin) = (None, None);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(line) = rx.recv_timeout(left) else {
-            let tail = log
+        let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+            let tail = tail
                 .lock()
-                .map(|l| l.tail.iter().cloned().collect::<Vec<_>>());
-            bail!(
-                "tether did not get ready; its log:\n{}",
-                tail.unwrap_or_default().join("\n")
-            );
+                .map(|t| t.iter().cloned().collect::<Vec<_>>())
+                .unwrap_or_default();
+            bail!("tether did not get ready; its log:\n{}", tail.join("\n"));
         };
         // `... listening listener="web" addr=127.0.0.1:PORT`
+        let field = |k: &str| line.split(k).nth(1)?.split_whitespace().next();
         if line.contains("listening") {
-            let field = |k: &str| line.split(k).nth(1)?.split_whitespace().next();
-            let name = field("listener=").map(|n| n.trim_matches('"'));
-            match (name, field("addr=").and_then(|a| a.parse().ok())) {
+            match (
+                field("listener=").map(|n| n.trim_matches('"')),
+                field("addr=").and_then(|a| a.parse().ok()),
+            ) {
                 (Some("web"), Some(a)) => web = Some(a),
                 (Some("admin"), Some(a)) => admin = Some(a),
                 _ => {}
             }
         }
-        if line.contains("tether ready") {
+        let ready = line.contains("tether ready");
+        if let Ok(mut t) = tail.lock() {
+            t.push_back(line);
+        }
+        if ready {
             break;
         }
     }
+    let (t2, d2) = (tail.clone(), downs.clone());
+    std::thread::spawn(move || {
+        for line in rx {
+            if line.contains("backend down") {
+                if let Ok(mut d) = d2.lock() {
+                    d.push((Instant::now(), line.clone()));
+                }
+            }
+            if let Ok(mut t) = t2.lock() {
+                t.push_back(line);
+                if t.len() > 40 {
+                    t.pop_front();
+                }
+            }
+        }
+    });
+    let web = web.context("tether logged no address for listener web")?;
     Ok(Tether {
-        _proc: proc,
-        web: web.context("tether logged no address for listener web")?,
+        proc,
+        web,
         admin: admin.context("tether logged no admin address")?,
-        log,
+        tail,
+        downs,
     })
 }
 
@@ -207,29 +205,25 @@ async fn get(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Result<Resp>
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             let mut lines = head.split("\r\n");
-            let status = lines
-                .next()
-                .and_then(|l| l.split(' ').nth(1))
-                .and_then(|s| s.parse().ok());
+            let status = lines.next().and_then(|l| l.split(' ').nth(1)?.parse().ok());
             let (mut len, mut tether_cookie) = (None, None);
             for (name, value) in lines.filter_map(|l| l.split_once(':')) {
                 let value = value.trim();
                 if name.eq_ignore_ascii_case("content-length") {
                     len = value.parse::<usize>().ok();
                 } else if name.eq_ignore_ascii_case("set-cookie") {
-                    if let Some(v) = value.strip_prefix("TETHER=") {
-                        tether_cookie = Some(v.split(';').next().unwrap_or(v).to_string());
-                    }
+                    let v = value
+                        .strip_prefix("TETHER=")
+                        .and_then(|v| v.split(';').next());
+                    tether_cookie = tether_cookie.or(v.map(str::to_string));
                 }
             }
-            let len = len.unwrap_or(usize::MAX);
-            if buf.len() - (end + 4) >= len || (n == 0 && len == usize::MAX) {
+            if len.is_some_and(|len| buf.len() - (end + 4) >= len) || (n == 0 && len.is_none()) {
                 let status = status.context("bad status line")?;
-                let body = buf.split_off(end + 4);
                 return Ok(Resp {
                     status,
                     tether_cookie,
-                    body,
+                    body: buf.split_off(end + 4),
                 });
             }
         }
@@ -258,16 +252,18 @@ async fn ws_connect(addr: SocketAddr, cookie: &str) -> Result<Ws> {
 async fn echo(ws: &mut Ws) -> Result<String> {
     ws.send(Message::text("hi")).await.context("send hi")?;
     loop {
-        match timeout(Duration::from_secs(5), ws.next()).await {
-            Err(_) => bail!("no echo within 5 s"),
-            Ok(Some(Ok(Message::Text(t)))) => {
-                let id = t
+        match timeout(Duration::from_secs(5), ws.next())
+            .await
+            .context("no echo within 5 s")?
+        {
+            Some(Ok(Message::Text(t))) => {
+                return Ok(t
                     .strip_suffix(": hi")
-                    .with_context(|| format!("odd echo {t:?}"))?;
-                return Ok(id.to_string());
+                    .with_context(|| format!("odd echo {t:?}"))?
+                    .to_string())
             }
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
-            Ok(other) => bail!("websocket ended instead of echoing: {other:?}"),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => bail!("websocket ended instead of echoing: {other:?}"),
         }
     }
 }
@@ -292,9 +288,9 @@ async fn open_session(web: SocketAddr) -> Result<Session> {
 
 enum Outcome {
     Back {
+        closed: Instant,
         at: Instant,
-        closed_at: Instant,
-        close: Option<u16>,
+        code: Option<u16>,
         retries: u32,
     },
     Lost(String),
@@ -302,26 +298,22 @@ enum Outcome {
 
 /// An affected client: wait for tether to end the WebSocket, then reconnect with the cookie.
 async fn fail_over(web: SocketAddr, mut s: Session, frozen: Arc<str>) -> Outcome {
-    let close = loop {
+    let code = loop {
         match s.ws.next().await {
             Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
             Some(Ok(_)) => {}
             Some(Err(_)) | None => break None,
         }
     };
-    drop(s.ws);
-    let closed_at = Instant::now();
-    let mut retries = 0;
+    let (closed, mut retries) = (Instant::now(), 0);
     loop {
-        // Retry what a real client would retry (refused, 503, ...), not a moved session.
         let attempt = async {
             let r = get(web, "/", Some(&s.cookie)).await?;
             if r.tether_cookie.is_some() {
                 return Ok(Err("new cookie: session replaced".to_string()));
             }
             let via_get = json_id(&r.body).with_context(|| format!("status {}", r.status))?;
-            let mut ws = ws_connect(web, &s.cookie).await?;
-            let via_ws = echo(&mut ws).await?;
+            let via_ws = echo(&mut ws_connect(web, &s.cookie).await?).await?;
             Ok(if via_ws != via_get {
                 Err(format!("split: GET on {via_get}, WebSocket on {via_ws}"))
             } else if *via_ws == *frozen {
@@ -333,22 +325,22 @@ async fn fail_over(web: SocketAddr, mut s: Session, frozen: Arc<str>) -> Outcome
         match attempt.await {
             Ok(Ok(at)) => {
                 return Outcome::Back {
+                    closed,
                     at,
-                    closed_at,
-                    close,
+                    code,
                     retries,
                 }
             }
             Ok(Err(why)) => return Outcome::Lost(why),
-            Err::<_, anyhow::Error>(_) => {
-                retries += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            // What a real client retries (refused, 503, ...); a moved session is not retried.
+            Err::<_, anyhow::Error>(_) => retries += 1,
         }
+        sleep(Duration::from_millis(50)).await;
     }
 }
 
-/// Poll `/api/pools` until `id` is `down`; the send instant of the first poll that saw it.
+/// Poll `/api/pools` until `id` is `down`: the send instant of the first poll that saw it
+/// (the mark-down happened between the previous poll and that one's answer).
 async fn wait_down(admin: SocketAddr, id: &str, limit: Instant) -> Option<Instant> {
     while Instant::now() < limit {
         let sent = Instant::now();
@@ -371,37 +363,43 @@ fn backend_field(body: &[u8], id: &str, field: &str) -> Option<String> {
     Some(b[field].to_string().trim_matches('"').to_string())
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+/// CPU time (user + system) a process has used so far, in ms (stat(5) fields 14-15, in
+/// USER_HZ = 100 ticks per second on Linux).
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) * 10.0
 }
 
 /// Milliseconds from `base` to `at`, negative when `at` came first (T_down is polled, so
-/// a fast client can beat the poll that sees the mark-down).
+/// an event can precede the poll that sees the mark-down by up to one poll).
 fn since(at: Instant, base: Instant) -> f64 {
-    if at >= base {
-        ms(at - base)
-    } else {
-        -ms(base - at)
+    match at.checked_duration_since(base) {
+        Some(d) => d.as_secs_f64() * 1e3,
+        None => -(base - at).as_secs_f64() * 1e3,
     }
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn summary(v: &mut [f64]) -> String {
+/// Nearest-rank percentiles of `v`, sorted in place.
+fn summary(v: &mut [f64]) -> (String, f64) {
     if v.is_empty() {
-        return "none".into();
+        return ("none".into(), f64::INFINITY);
     }
     v.sort_by(f64::total_cmp);
-    let (p50, p99) = (percentile(v, 50.0), percentile(v, 99.0));
-    format!(
-        "p50 {p50:.0} ms, p99 {p99:.0} ms, max {:.0} ms (min {:.0})",
+    let pct = |p: f64| v[((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    let text = format!(
+        "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (min {:.0})",
+        pct(50.0),
+        pct(99.0),
         v[v.len() - 1],
         v[0]
-    )
+    );
+    (text, pct(99.0))
 }
 
 async fn run() -> Result<()> {
@@ -411,13 +409,12 @@ async fn run() -> Result<()> {
             .with_context(|| format!("N={v:?} is not a number"))?,
         Err(_) => 1000,
     };
-    // Raise our soft fd limit to the hard one; the children inherit it.
+    // Our soft fd limit up to the hard one before spawning anything: the children inherit it.
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("getrlimit")?;
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("setrlimit")?;
-    // tether holds two fds per WebSocket (client + backend side), plus some slack.
-    let need = 2 * n as u64 + 500;
-    if hard < need {
-        bail!("N={n} needs about {need} open files in tether, but `ulimit -Hn` is {hard}: lower N or raise the hard limit");
+    // tether holds two fds per WebSocket (client and backend side), plus slack.
+    if hard < 2 * n as u64 + 500 {
+        bail!("N={n} needs about {} open files in tether but `ulimit -Hn` is {hard}: lower N or raise the hard limit", 2 * n + 500);
     }
     let (tether_bin, whoami_bin) = (
         binary("TETHER_BIN", "tether")?,
@@ -425,15 +422,24 @@ async fn run() -> Result<()> {
     );
     for b in [&tether_bin, &whoami_bin] {
         if !b.is_file() {
-            eprintln!("failover: {} not found; build it first:\n  cargo build --release --bin tether --example whoami\n(or point TETHER_BIN / WHOAMI_BIN at the binaries)", b.display());
-            std::process::exit(2);
+            bail!("{} not found; build it first:\n  cargo build --release --bin tether --example whoami\n(or set TETHER_BIN / WHOAMI_BIN)", b.display());
         }
     }
 
     let mut backends = Vec::new();
-    for i in 1..=3 {
-        let id = format!("b{i}");
-        let (proc, addr) = start_whoami(&whoami_bin, &id)?;
+    for id in ["b1", "b2", "b3"] {
+        let mut cmd = Command::new(&whoami_bin);
+        cmd.args(["--id", id, "--listen", "127.0.0.1:0"]);
+        let (proc, rx) = spawn(cmd, false)?;
+        // `whoami bN listening on 127.0.0.1:PORT`
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .with_context(|| format!("whoami {id} did not start"))?;
+        let addr: SocketAddr = line
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("whoami {id}: {line:?}"))?;
         backends.push((id, proc, addr));
     }
     let list: String = backends
@@ -441,61 +447,60 @@ async fn run() -> Result<()> {
         .map(|(id, _, a)| format!("      - {{ id: {id}, addr: \"{a}\" }}\n"))
         .collect();
     let yaml = format!(
-        "admin: {{ listen: \"127.0.0.1:0\" }}\n\
-         server: {{ max_connections: 50000 }}\n\
-         store: {{ kind: embedded }}\n\
-         pools:\n  app:\n    on_backend_down: migrate\n    \
-         health: {{ kind: http, path: /healthz, interval: 250ms, timeout: 200ms, rise: 2, fall: 2 }}\n    \
-         backends:\n{list}\
+        "admin: {{ listen: \"127.0.0.1:0\" }}\nserver: {{ max_connections: 50000 }}\nstore: {{ kind: embedded }}\n\
+         pools:\n  app:\n    on_backend_down: migrate\n    health: {HEALTH}\n    backends:\n{list}\
          listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n    pool: app\n    max_connections: 20000\n    \
-         timeouts: {{ idle: 1h }}\n    \
-         affinity: {{ key: {{ cookie: {{ name: TETHER, insert: true, max_age: 8h }} }} }}\n"
+         timeouts: {{ idle: 1h }}\n    affinity: {{ key: {{ cookie: {{ name: TETHER, insert: true, max_age: 8h }} }} }}\n"
     );
     let dir = tempfile::tempdir().context("temp dir")?;
-    let t = start_tether(&tether_bin, &yaml, &dir)?;
+    std::fs::write(dir.path().join("tether.yaml"), yaml).context("writing tether.yaml")?;
+    let t = start_tether(&tether_bin, &dir.path().join("tether.yaml"))?;
     let web = t.web;
 
     let opened = Instant::now();
-    let results: Vec<Result<Session>> = timeout(
-        Duration::from_secs(60),
-        stream::iter(0..n)
-            .map(|_| open_session(web))
-            .buffer_unordered(OPEN_CONCURRENCY)
-            .collect(),
-    )
-    .await
-    .context("opening the sessions took over 60 s")?;
-    let sessions: Vec<Session> = results
+    let all = stream::iter(0..n)
+        .map(|_| open_session(web))
+        .buffer_unordered(OPEN_CONCURRENCY);
+    let sessions: Vec<Result<Session>> = timeout(Duration::from_secs(60), all.collect())
+        .await
+        .context("opening the sessions took over 60 s")?;
+    let sessions: Vec<Session> = sessions
         .into_iter()
         .collect::<Result<_>>()
         .context("opening a session")?;
     let open_time = opened.elapsed();
-    let mut per_backend: BTreeMap<String, usize> =
-        backends.iter().map(|(id, ..)| (id.clone(), 0)).collect();
+    let mut per_backend: BTreeMap<&str, usize> = backends.iter().map(|(id, ..)| (*id, 0)).collect();
     for s in &sessions {
-        *per_backend.entry(s.owner.clone()).or_default() += 1;
+        *per_backend.entry(s.owner.as_str()).or_default() += 1;
     }
     let (frozen, _) = per_backend
         .iter()
         .max_by_key(|(_, c)| **c)
         .context("no backend")?;
-    let frozen: Arc<str> = frozen.as_str().into();
+    let frozen: Arc<str> = (*frozen).into();
     let pid = backends
         .iter()
         .find(|(id, ..)| **id == *frozen)
         .map(|(_, p, _)| p.0.id())
         .context("frozen pid")?;
+    let pids: Vec<u32> = std::iter::once(t.proc.0.id())
+        .chain(backends.iter().map(|(_, p, _)| p.0.id()))
+        .collect();
+    let cpu0: Vec<f64> = pids
+        .iter()
+        .chain([&std::process::id()])
+        .map(|p| cpu_ms(*p))
+        .collect();
 
     kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).context("SIGSTOP")?;
     let t0 = Instant::now();
     let (mut affected, mut others) = (JoinSet::new(), Vec::new());
     for s in sessions {
         if *s.owner == *frozen {
-            let f = frozen.clone();
             // Bounded: a session not back within 10 s of the mark-down is lost anyway.
             affected.spawn(timeout_at(
                 (t0 + Duration::from_secs(15)).into(),
-                fail_over(web, s, f),
+                fail_over(web, s, frozen.clone()),
             ));
         } else {
             others.push(s);
@@ -510,6 +515,13 @@ async fn run() -> Result<()> {
             Err(e) => Outcome::Lost(format!("client task failed: {e}")),
         });
     }
+    let window = t0.elapsed();
+    let cpu: Vec<f64> = pids
+        .iter()
+        .chain([&std::process::id()])
+        .zip(&cpu0)
+        .map(|(p, c)| cpu_ms(*p) - c)
+        .collect();
     // Unaffected clients must still be served by their own backend.
     let mut checks = JoinSet::new();
     for mut s in others {
@@ -521,7 +533,6 @@ async fn run() -> Result<()> {
     }
     let after = timeout(Duration::from_secs(2), get(t.admin, "/api/pools", None)).await;
 
-    // Report.
     println!(
         "failover: N={n}, sessions opened in {:.1} s",
         open_time.as_secs_f64()
@@ -535,15 +546,15 @@ async fn run() -> Result<()> {
         shares.join(" ")
     );
     let Some(t_down) = t_down else {
-        println!("{frozen} was NOT marked down within 10 s of the freeze: all {} affected sessions count as lost", outcomes.len());
-        println!("targets: NOT met");
+        println!(
+            "{frozen} NOT marked down within 10 s: its {} sessions count as lost\ntargets: NOT met",
+            outcomes.len()
+        );
         return Ok(());
     };
-    let logged = t.log.lock().ok().and_then(|l| {
-        let tag = format!("backend={frozen}");
-        l.down_lines
-            .iter()
-            .find(|(_, s)| s.contains(&tag))
+    let logged = t.downs.lock().ok().and_then(|d| {
+        d.iter()
+            .find(|(_, l)| l.contains(&format!("backend={frozen}")))
             .map(|(at, _)| *at)
     });
     let logged = logged.map_or(String::new(), |at| {
@@ -557,25 +568,25 @@ async fn run() -> Result<()> {
         since(t_down, t0)
     );
     let (mut back, mut closed, mut retries) = (Vec::new(), Vec::new(), 0);
-    let (mut closes, mut lost) = (
+    let (mut codes, mut lost) = (
         BTreeMap::<String, usize>::new(),
         BTreeMap::<String, usize>::new(),
     );
-    for o in outcomes.iter() {
+    for o in &outcomes {
         match o {
-            Outcome::Back { at, .. } if since(*at, t_down) > ms(LOST_AFTER) => {
+            Outcome::Back { at, .. } if since(*at, t_down) > LOST_AFTER.as_secs_f64() * 1e3 => {
                 *lost.entry("not back within 10 s".into()).or_default() += 1
             }
             Outcome::Back {
+                closed: c,
                 at,
-                closed_at,
-                close,
+                code,
                 retries: r,
             } => {
                 back.push(since(*at, t_down));
-                closed.push(since(*closed_at, t_down));
-                *closes
-                    .entry(close.map_or("none".into(), |c| c.to_string()))
+                closed.push(since(*c, t_down));
+                *codes
+                    .entry(code.map_or("none".into(), |c| c.to_string()))
                     .or_default() += 1;
                 retries += r;
             }
@@ -586,33 +597,35 @@ async fn run() -> Result<()> {
         lost.insert("unaffected client no longer echoed".into(), others_lost);
     }
     println!(
-        "affected: {} (close codes {closes:?}, reconnect retries {retries})",
+        "affected: {} (close codes {codes:?}, reconnect retries {retries})",
         outcomes.len()
     );
     println!(
-        "mark-down -> WebSocket closed:          {}",
-        summary(&mut closed)
+        "mark-down -> WebSocket closed:         {}",
+        summary(&mut closed).0
     );
-    println!(
-        "mark-down -> echo from the new owner:   {}",
-        summary(&mut back)
-    );
-    let p99 = if back.is_empty() {
-        f64::INFINITY
-    } else {
-        percentile(&back, 99.0)
-    };
+    let (text, p99) = summary(&mut back);
+    println!("mark-down -> echo from the new owner:  {text}");
     let total_lost: usize = lost.values().sum();
     println!("lost sessions: {total_lost} {lost:?}");
+    let live: f64 = cpu[1..4].iter().sum::<f64>();
+    println!(
+        "CPU from freeze to last reconnect ({:.0} ms on 2 cores): tether {:.0} ms, backends {live:.0} ms, this client {:.0} ms",
+        window.as_secs_f64() * 1e3,
+        cpu[0],
+        cpu[4]
+    );
     if let Ok(Ok(r)) = after {
         let now: Vec<String> = per_backend
             .keys()
             .map(|id| {
-                let f = |k| backend_field(&r.body, id, k).unwrap_or_default();
-                format!("{id}={} ({})", f("sessions"), f("state"))
+                format!(
+                    "{id}={}",
+                    backend_field(&r.body, id, "sessions").unwrap_or_default()
+                )
             })
             .collect();
-        println!("tether afterwards (sessions): {}", now.join(" "));
+        println!("sessions in tether afterwards: {}", now.join(" "));
     }
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!(
@@ -620,6 +633,12 @@ async fn run() -> Result<()> {
         verdict(p99 < 1000.0),
         verdict(total_lost == 0)
     );
+    if let Ok(t) = t.tail.lock() {
+        // An error tether logged during the run belongs next to the figures.
+        t.iter()
+            .filter(|l| l.contains("ERROR"))
+            .for_each(|l| println!("tether: {l}"));
+    }
     Ok(())
 }
 
@@ -635,7 +654,7 @@ fn main() {
     let code = rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
-        // Returning from here drops `run`, and with it every process guard.
+        // Leaving this block drops `run`, and with it every process guard.
         tokio::select! {
             r = run() => match r {
                 Ok(()) => 0,

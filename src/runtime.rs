@@ -322,11 +322,8 @@ async fn accept_http(
 ) {
     let listener_limit = Arc::new(Semaphore::new(l.cfg.max_connections));
     loop {
-        // Take both permits before accepting: a full proxy leaves clients in the backlog.
-        let (Ok(p1), Ok(p2)) = (
-            process_limit.clone().acquire_owned().await,
-            listener_limit.clone().acquire_owned().await,
-        ) else {
+        // A full listener stops accepting: its clients wait in the kernel backlog.
+        let Ok(p2) = listener_limit.clone().acquire_owned().await else {
             return;
         };
         let (tcp, peer) = match socket.accept().await {
@@ -337,6 +334,12 @@ async fn accept_http(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        // The process-wide permit is taken only now, so idle accept loops hold
+        // none; when the process is full this loop (and so this listener) waits
+        // here with one accepted connection, and accepts nothing more meanwhile.
+        let Ok(p1) = process_limit.clone().acquire_owned().await else {
+            return;
         };
         let guard = tracker.enter();
         let (l, proxy, stop) = (l.clone(), proxy.clone(), stop.clone());

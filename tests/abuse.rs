@@ -255,3 +255,42 @@ async fn garbage_on_the_socket_gets_400_and_the_proxy_lives_on() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_max_connections_spans_listeners() {
+    let b = backends(1).await;
+    let yaml = format!(
+        "admin: {{ listen: \"127.0.0.1:0\" }}\nserver: {{ max_connections: 3 }}\n\
+         pools:\n  app:\n    backends:\n{}\
+         listeners:\n\
+         \x20 - {{ name: one, bind: \"127.0.0.1:0\", pool: app, max_connections: 2, affinity: {{ key: {{ header: X-Device-Id }} }} }}\n\
+         \x20 - {{ name: two, bind: \"127.0.0.2:0\", pool: app, max_connections: 2, affinity: {{ key: {{ header: X-Device-Id }} }} }}\n",
+        common::backend_yaml(&b)
+    );
+    let t = Tether::start(&yaml);
+    let mut held = Vec::new();
+    for l in ["one", "one", "two"] {
+        let mut c = Client::new(t.addr(l));
+        assert_eq!(
+            c.get("/", &[("X-Device-Id", "a")]).await.unwrap().status,
+            200
+        );
+        held.push(c);
+    }
+    // listener `two` has room (1 of 2) but the process is full (3 of 3)
+    let addr = t.addr("two");
+    let fourth =
+        tokio::spawn(async move { Client::new(addr).get("/", &[("X-Device-Id", "b")]).await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        !fourth.is_finished(),
+        "served beyond server.max_connections"
+    );
+    held.remove(0);
+    let r = tokio::time::timeout(Duration::from_secs(5), fourth)
+        .await
+        .expect("served once a slot frees")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status, 200);
+}

@@ -73,3 +73,37 @@ fn version() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(
+        &path,
+        "admin: { listen: \"127.0.0.1:0\" }\npools:\n  app:\n    backends:\n      - { id: a, addr: \"127.0.0.1:9\" }\n\
+         listeners:\n  - { name: web, bind: \"127.0.0.1:0\", pool: app, affinity: { key: source_ip } }\n",
+    )
+    .unwrap();
+    let mut child = tether()
+        .args(["--log-format", "json", "-c"])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref().take(3) {
+        let line = line.unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        seen.push(v);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.iter()
+            .any(|v| v["fields"]["message"] == "listening" && v["fields"]["listener"] == "web"),
+        "{seen:?}"
+    );
+}
