@@ -35,11 +35,26 @@ enum LogFormat {
 
 fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    // pingora logs through `log`; route it into tracing.
-    let _ = tracing_log::LogTracer::init();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn,pingora=warn")
     });
+    // pingora logs through `log`; route it into tracing. Cap `log` at the most
+    // verbose level the filter can let through (warn for pingora by default):
+    // otherwise every one of pingora's per-request debug! calls pays for a
+    // dispatch into tracing only to be dropped there.
+    let cap = match std::env::var("RUST_LOG") {
+        Ok(_) => match filter.max_level_hint() {
+            Some(l) if l == tracing::level_filters::LevelFilter::TRACE => log::LevelFilter::Trace,
+            Some(l) if l == tracing::level_filters::LevelFilter::DEBUG => log::LevelFilter::Debug,
+            Some(l) if l == tracing::level_filters::LevelFilter::INFO => log::LevelFilter::Info,
+            Some(l) if l == tracing::level_filters::LevelFilter::WARN => log::LevelFilter::Warn,
+            Some(l) if l == tracing::level_filters::LevelFilter::ERROR => log::LevelFilter::Error,
+            Some(_) => log::LevelFilter::Off,
+            None => log::LevelFilter::Trace,
+        },
+        Err(_) => log::LevelFilter::Warn,
+    };
+    let _ = tracing_log::LogTracer::builder().with_max_level(cap).init();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

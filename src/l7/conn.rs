@@ -27,7 +27,7 @@ use pingora::protocols::{
     raw_connect::ProxyDigest, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown,
     SocketDigest, Ssl, Stream, TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 const RESP_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
@@ -72,8 +72,13 @@ enum Phase {
     },
 }
 
+/// Like pingora's own listeners (which we cannot configure from outside),
+/// buffer writes up to one MSS so a response header and a small body leave in
+/// one segment, one syscall.
+const WRITE_BUFFER: usize = 1460;
+
 pub struct ConnStream {
-    inner: Stream,
+    inner: BufWriter<Stream>,
     limits: HeaderLimits,
     phase: Phase,
     deadline: Pin<Box<Sleep>>,
@@ -83,7 +88,7 @@ pub struct ConnStream {
 impl ConnStream {
     pub fn new(inner: Stream, limits: HeaderLimits, info: Arc<ConnInfo>) -> Self {
         ConnStream {
-            inner,
+            inner: BufWriter::with_capacity(WRITE_BUFFER, inner),
             limits,
             // The first request's header clock starts at accept: a silent client is cut too.
             phase: Phase::Header { seen: 0, nl: false },
@@ -250,7 +255,7 @@ impl AsyncWrite for ConnStream {
 impl fmt::Debug for ConnStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnStream")
-            .field("inner", &self.inner)
+            .field("inner", self.inner.get_ref())
             .finish()
     }
 }
@@ -258,49 +263,50 @@ impl fmt::Debug for ConnStream {
 #[async_trait]
 impl Shutdown for ConnStream {
     async fn shutdown(&mut self) {
-        self.inner.shutdown().await
+        let _ = self.inner.flush().await;
+        Shutdown::shutdown(&mut **self.inner.get_mut()).await
     }
 }
 
 impl UniqueID for ConnStream {
     fn id(&self) -> UniqueIDType {
-        self.inner.id()
+        self.inner.get_ref().id()
     }
 }
 
 impl Ssl for ConnStream {
     fn get_ssl(&self) -> Option<&TlsRef> {
-        self.inner.get_ssl()
+        self.inner.get_ref().get_ssl()
     }
     fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
-        self.inner.get_ssl_digest()
+        self.inner.get_ref().get_ssl_digest()
     }
     fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
+        self.inner.get_ref().selected_alpn_proto()
     }
 }
 
 impl GetTimingDigest for ConnStream {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
+        self.inner.get_ref().get_timing_digest()
     }
 }
 
 impl GetProxyDigest for ConnStream {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
+        self.inner.get_ref().get_proxy_digest()
     }
 }
 
 impl GetSocketDigest for ConnStream {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
+        self.inner.get_ref().get_socket_digest()
     }
 }
 
 #[async_trait]
 impl Peek for ConnStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        self.inner.get_mut().try_peek(buf).await
     }
 }
