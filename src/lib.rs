@@ -4,13 +4,16 @@
 //! binds the listeners and owns the accept loops; each HTTP connection is served
 //! by pingora's proxy with `l7::Router` deciding the backend through `affinity`
 //! (key extraction, consistent hashing) and `store` (where each session lives);
-//! `admin` serves the API and `metrics`.
+//! each `protocol: tcp` connection is pinned the same way and copied by `l4`,
+//! which also reads PROXY protocol headers for every listener; `admin` serves
+//! the API and `metrics`.
 
 pub mod admin;
 pub mod affinity;
 pub mod backend;
 pub mod config;
 pub mod health;
+pub mod l4;
 pub mod l7;
 pub mod metrics;
 pub mod notify;

@@ -29,12 +29,15 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub store_up: IntGaugeVec,
     pub store_operations: IntCounterVec,
+    /// `tether_store_op_seconds{store,op}`: latency of store round trips.
+    pub store_op_seconds: HistogramVec,
     pub sessions_evicted: IntCounterVec,
     pub sessions_expired: IntCounterVec,
     pub bytes_total: IntCounterVec,
     pub notifications: IntCounterVec,
     pub no_backend: IntCounterVec,
     pub move_latency: HistogramVec,
+    pub proxy_protocol_errors: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -143,6 +146,20 @@ impl Metrics {
                 "Affinity store operations",
                 &["store", "op", "result"],
             ),
+            store_op_seconds: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new("store_op_seconds", "Affinity store round trips")
+                        .namespace("tether")
+                        .buckets(vec![
+                            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                            0.25, 0.5, 1.0,
+                        ]),
+                    &["store", "op"],
+                )
+                .unwrap_or_else(|e| panic!("metric store_op_seconds: {e}"));
+                let _ = r.register(Box::new(h.clone()));
+                h
+            },
             sessions_evicted: counter(
                 &r,
                 "sessions_evicted_total",
@@ -172,6 +189,12 @@ impl Metrics {
                 "no_backend_total",
                 "Requests answered 503 because no backend of the pool was live",
                 &["pool"],
+            ),
+            proxy_protocol_errors: counter(
+                &r,
+                "proxy_protocol_errors_total",
+                "Connections closed over their PROXY header (untrusted, malformed, timeout, closed)",
+                &["listener", "reason"],
             ),
             move_latency: {
                 let h = HistogramVec::new(

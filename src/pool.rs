@@ -196,10 +196,13 @@ impl PoolRt {
     /// Another live backend for a retry of one request, avoiding `tried` (no re-pin).
     pub fn pick_alternative(&self, key_hash: u64, tried: &[usize]) -> Option<usize> {
         let el = self.eligible.load();
-        let m = el
-            .ring
-            .pick_bounded(key_hash, |m| !tried.contains(&el.backend_of[m]))?;
-        el.backend_of.get(m).copied().filter(|i| !tried.contains(i))
+        let m = el.ring.pick_bounded(key_hash, |m| {
+            !tried.contains(&el.backend_of[m]) && self.backends[el.backend_of[m]].takes_new()
+        })?;
+        el.backend_of
+            .get(m)
+            .copied()
+            .filter(|&i| !tried.contains(&i) && self.backends[i].takes_new())
     }
 
     /// Do request outcomes count towards marking backends down? (Without active
@@ -340,12 +343,24 @@ impl PoolRt {
                 .sum();
             (c * (total + 1) as f64 / n).ceil() as u64
         });
+        // `takes_new` again here: a backend marked down a moment ago may still be
+        // on this ring until `mark_health` has rebuilt it.
         let m = el.ring.pick_bounded(h, |m| {
             let i = el.backend_of[m];
-            cap.is_none_or(|cap| self.store.sessions_of(&self.backends[i].id) < cap)
+            let b = &self.backends[i];
+            b.takes_new()
+                && cap.is_none_or(|cap| self.store.sessions_of(&b.id) < cap)
                 && self.ramped(i, h)
         })?;
-        el.backend_of.get(m).copied()
+        let i = el.backend_of.get(m).copied()?;
+        if self.backends[i].takes_new() {
+            return Some(i);
+        }
+        // Every candidate refused: the plain pick is only good if it takes sessions.
+        el.backend_of
+            .iter()
+            .copied()
+            .find(|&i| self.backends[i].takes_new())
     }
 
     /// The pinned backend is unusable: move the session to the hash's choice

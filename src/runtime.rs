@@ -312,6 +312,10 @@ async fn wait_for_stop(signals: Signals, path: &Path, metrics: &Metrics) {
     }
 }
 
+/// The accept loop of one listener. Every connection first goes through
+/// `l4::admit` (its PROXY header, when the listener takes one); then
+/// `protocol: tcp` connections are served by `l4`, the others by pingora's
+/// HTTP proxy (`proxy` is unused on tcp listeners).
 async fn accept_http(
     socket: TcpListener,
     l: Arc<ListenerRt>,
@@ -320,13 +324,42 @@ async fn accept_http(
     tracker: Arc<Tracker>,
     stop: ShutdownWatch,
 ) {
+    if !l.cfg.protocol.reads_http() {
+        let serve = |tcp, addr, l: Arc<ListenerRt>| async move {
+            crate::l4::serve(tcp, addr, &l).await;
+        };
+        return accept_loop(socket, l, process_limit, tracker, serve).await;
+    }
+    if l.pool.cfg.send_proxy.is_some() {
+        // pingora pools its upstream connections across clients: no per-client header fits.
+        tracing::warn!(listener = %l.cfg.name, pool = %l.pool.cfg.name, "send_proxy applies to tcp listeners only; this http listener sends none");
+    }
+    let serve = move |tcp, addr: crate::l4::ClientAddr, l: Arc<ListenerRt>| {
+        let (proxy, stop) = (proxy.clone(), stop.clone());
+        async move { serve_http(tcp, addr.src, &l, &proxy, &stop).await }
+    };
+    accept_loop(socket, l, process_limit, tracker, serve).await
+}
+
+/// Accept with the limits (listener and process `max_connections`) and the
+/// shutdown tracker; `serve` gets each admitted connection on its own task.
+async fn accept_loop<F, Fut>(
+    socket: TcpListener,
+    l: Arc<ListenerRt>,
+    process_limit: Arc<Semaphore>,
+    tracker: Arc<Tracker>,
+    serve: F,
+) where
+    F: Fn(TcpStream, crate::l4::ClientAddr, Arc<ListenerRt>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener_limit = Arc::new(Semaphore::new(l.cfg.max_connections));
     loop {
         // A full listener stops accepting: its clients wait in the kernel backlog.
         let Ok(p2) = listener_limit.clone().acquire_owned().await else {
             return;
         };
-        let (tcp, peer) = match socket.accept().await {
+        let (mut tcp, peer) = match socket.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -342,10 +375,12 @@ async fn accept_http(
             return;
         };
         let guard = tracker.enter();
-        let (l, proxy, stop) = (l.clone(), proxy.clone(), stop.clone());
+        let (l, serve) = (l.clone(), serve.clone());
         tokio::spawn(async move {
             l.connections.inc();
-            serve_http(tcp, peer, &l, &proxy, &stop).await;
+            if let Some(addr) = crate::l4::admit(&mut tcp, peer, &l).await {
+                serve(tcp, addr, l.clone()).await;
+            }
             l.connections.dec();
             drop((p1, p2, guard));
         });

@@ -70,6 +70,13 @@ fn case(
     }
 }
 
+const COOKIE: &str = "{ cookie: { name: TETHER, insert: true } }";
+
+/// `BASE` as a tcp listener keyed by `key`.
+fn tcp(key: &str) -> String {
+    edit("    pool: app\n", "    pool: app\n    protocol: tcp\n").replace(COOKIE, key)
+}
+
 fn with_health(health: &str) -> String {
     edit(
         "    backends:\n",
@@ -120,12 +127,31 @@ fn broken_configs() -> Vec<Case> {
         case("invalid backend id", edit("app-2", "app/2"), "pools.app.backends[1].id", 5, Some(15), "backend id `app/2` must be non-empty"),
         case("duplicate listener name", format!("{BASE}  - name: web\n    bind: 127.0.0.1:8081\n    pool: app\n    affinity: {{ key: source_ip }}\n"), "listeners[1].name", 12, Some(11), "duplicate listener name `web` (first used at line 7)"),
         case("duplicate bind", format!("{BASE}  - name: web2\n    bind: 127.0.0.1:8080\n    pool: app\n    affinity: {{ key: source_ip }}\n"), "listeners[1].bind", 13, Some(11), "duplicate bind 127.0.0.1:8080: already used by listener `web` (line 8)"),
-        case("redis store", format!("store: {{ kind: redis }}\n{BASE}"), "store.kind", 1, Some(16), "redis store is not available in this build yet"),
+        case("redis url scheme", format!("store: {{ kind: redis, redis: {{ url: \"http://h:6379\" }} }}\n{BASE}"), "store.redis.url", 1, Some(37), "`http` is not a redis URL"),
+        case("redis url port", format!("store: {{ kind: redis, redis: {{ url: \"redis://127.0.0.1:99999/0\" }} }}\n{BASE}"), "store.redis.url", 1, Some(37), "invalid port `99999` (must be 1-65535)"),
+        case("redis url db", format!("store: {{ kind: redis, redis: {{ url: \"redis://h:6379/x\" }} }}\n{BASE}"), "store.redis.url", 1, Some(37), "database `x` in redis.url must be a number"),
+        case("redis url query", format!("store: {{ kind: redis, redis: {{ url: \"redis://h/0?timeout=1\" }} }}\n{BASE}"), "store.redis.url", 1, Some(37), "takes no query parameters"),
+        case("redis url without host", format!("store: {{ kind: redis, redis: {{ url: \"redis:///0\" }} }}\n{BASE}"), "store.redis.url", 1, Some(37), "redis.url has no host"),
+        case("redis url password not echoed", format!("store: {{ kind: redis, redis: {{ url: \"redis://:pw@h:0\" }} }}\n{BASE}"), "store.redis.url", 1, Some(37), "redis.url: invalid port `0`"),
+        case("redis settings without kind", format!("store: {{ redis: {{ url: \"redis://h\" }} }}\n{BASE}"), "store.redis", 1, Some(10), "redis settings need `kind: redis`"),
+        case("path with kind redis", format!("store: {{ kind: redis, path: a.db }}\n{BASE}"), "store.path", 1, Some(23), "path only applies to `kind: embedded`"),
+        case("zero redis command_timeout", format!("store: {{ kind: redis, redis: {{ command_timeout: 0s }} }}\n{BASE}"), "store.redis.command_timeout", 1, Some(49), "must be greater than zero"),
+        case("unknown redis key", format!("store: {{ kind: redis, redis: {{ uri: x }} }}\n{BASE}"), "store.redis.uri", 1, Some(32), "unknown field `uri`"),
+        case("sentinel without nodes", format!("store: {{ kind: redis, redis: {{ sentinel: {{ master: m, nodes: [] }} }} }}\n{BASE}"), "store.redis.sentinel.nodes", 1, Some(55), "at least one sentinel node"),
+        case("bad sentinel node", format!("store: {{ kind: redis, redis: {{ sentinel: {{ master: m, nodes: [\"h:x\"] }} }} }}\n{BASE}"), "store.redis.sentinel.nodes[0]", 1, Some(63), "sentinel node: invalid port `x`"),
         case("unsupported protocol", edit("    pool: app\n", "    pool: app\n    protocol: https\n"), "listeners[0].protocol", 10, Some(15), "protocol `https` is not supported yet"),
         case("max_age without insert", edit("insert: true", "max_age: 8h"), "listeners[0].affinity.key.cookie.max_age", 11, Some(38), "max_age only applies with `insert: true`"),
         case("unknown hash", edit("    backends:\n", "    hash: md5\n    backends:\n"), "pools.app.hash", 3, Some(11), "unknown variant `md5`"),
         case("missing backend addr", edit("{ id: app-2, addr: \"127.0.0.1:9002\" }", "{ id: app-2 }"), "pools.app.backends[1]", 5, Some(9), "missing field `addr`"),
         case("bad trusted proxy", format!("server:\n  trusted_proxies: [10.0.0.0/8, 10.0.0.0/33]\n{BASE}"), "server.trusted_proxies[1]", 2, Some(33), "`10.0.0.0/33` is not a CIDR"),
+        case("cookie key on a tcp listener", tcp(COOKIE), "listeners[0].affinity.key.cookie", 12, Some(14), "`cookie` keys need an http listener"),
+        case("sni key on an http listener", edit(COOKIE, "sni"), "listeners[0].affinity.key", 11, Some(12), "`sni` keys need `protocol: tcp`"),
+        case("prefix with two groups", tcp("{ prefix: { pattern: \"(a)(b)\" } }"), "listeners[0].affinity.key.prefix.pattern", 12, Some(33), "has 2 capture groups; it needs exactly one"),
+        case("prefix without a group", tcp("{ prefix: { pattern: \"id=[0-9]+\" } }"), "listeners[0].affinity.key.prefix.pattern", 12, Some(33), "has 0 capture groups"),
+        case("invalid prefix regex", tcp("{ prefix: { pattern: \"(\" } }"), "listeners[0].affinity.key.prefix.pattern", 12, Some(33), "`(` is not a valid regex: unclosed group"),
+        case("prefix max_bytes too big", tcp("{ prefix: { pattern: \"(x)\", max_bytes: 100000 } }"), "listeners[0].affinity.key.prefix.max_bytes", 12, Some(51), "max_bytes must be between 1 and 65536"),
+        case("unknown proxy_protocol", edit("    pool: app\n", "    pool: app\n    proxy_protocol: yes\n"), "listeners[0].proxy_protocol", 10, Some(21), "unknown variant `yes`, expected `accept`"),
+        case("unknown send_proxy", edit("    backends:\n", "    send_proxy: v3\n    backends:\n"), "pools.app.send_proxy", 3, Some(17), "unknown variant `v3`, expected `v1` or `v2`"),
         case("key with two kinds", edit("{ cookie: { name: TETHER, insert: true } }", "{ query: device, header: X-Id }"), "listeners[0].affinity.key.header", 11, Some(29), "key takes exactly one of"),
     ]
 }
@@ -488,5 +514,105 @@ fn unusable_token_and_secret_files_name_their_key() {
         errs.errors[0].message.contains("token_file")
             && errs.errors[0].message.contains("is empty"),
         "{errs}"
+    );
+}
+
+#[test]
+fn tcp_listeners_take_stream_keys_and_the_proxy_protocol() {
+    let text = tcp("{ prefix: { pattern: \"^HELLO device=([a-z0-9]+)\\n\" } }")
+        .replace("    backends:\n", "    send_proxy: v2\n    backends:\n")
+        .replace(
+            "    protocol: tcp\n",
+            "    protocol: tcp\n    proxy_protocol: accept\n",
+        );
+    let snap = config::parse(file(), &text).unwrap_or_else(|e| panic!("{e}"));
+    let l = &snap.listeners[0];
+    assert_eq!(l.protocol, config::Protocol::Tcp);
+    assert!(l.proxy_protocol);
+    assert_eq!(snap.pools[0].send_proxy, Some(config::ProxyVersion::V2));
+    let Key::Prefix(p) = &l.affinity.key else {
+        panic!("{:?}", l.affinity.key);
+    };
+    assert_eq!((p.max_bytes, p.timeout), (512, Duration::from_secs(2)));
+    let caps = p.pattern.captures(b"HELLO device=ab12\n").expect("matches");
+    assert_eq!(&caps[1], b"ab12");
+    for (key, kind) in [
+        ("sni", "Sni"),
+        ("source_ip", "SourceIp"),
+        ("{ source_ip: { ipv4_mask: 24 } }", "SourceIp"),
+        (
+            "{ prefix: { pattern: \"id=(\\\\w+)\", max_bytes: 64, timeout: 250ms } }",
+            "Prefix",
+        ),
+    ] {
+        let snap = config::parse(file(), &tcp(key)).unwrap_or_else(|e| panic!("{key}: {e}"));
+        let got = format!("{:?}", snap.listeners[0].affinity.key);
+        assert!(got.starts_with(kind), "{key}: {got}");
+        assert!(!snap.listeners[0].proxy_protocol);
+        assert_eq!(snap.pools[0].send_proxy, None);
+    }
+}
+
+#[test]
+fn redis_store_settings_parse() {
+    let snap = config::parse(file(), &format!("store: {{ kind: redis }}\n{BASE}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let StoreKind::Redis(r) = &snap.store.kind else {
+        panic!("redis store expected")
+    };
+    assert_eq!(
+        (r.host.as_str(), r.port, r.db, r.tls),
+        ("127.0.0.1", 6379, 0, false)
+    );
+    assert_eq!((r.prefix.as_str(), r.password.as_deref()), ("tether", None));
+    assert_eq!(r.connect_timeout, Duration::from_secs(1));
+    assert_eq!(r.command_timeout, Duration::from_millis(200));
+    assert!(config::summary(&snap).ends_with("store redis"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("pw"), "from-file\n").expect("write");
+    let redis = "  redis:\n    url: \"rediss://app:from%40url@redis.internal:6380/2\"\n    prefix: t1\n    \
+                 connect_timeout: 2s\n    command_timeout: 50ms\n    \
+                 sentinel: { master: mymaster, nodes: [\"10.0.0.1:26379\", \"[::1]\", s.internal:1] }\n";
+    let text = format!("store:\n  kind: redis\n{redis}{BASE}");
+    let snap = config::parse(&dir.path().join("t.yaml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    let StoreKind::Redis(r) = &snap.store.kind else {
+        panic!("redis store expected")
+    };
+    assert_eq!(
+        (r.host.as_str(), r.port, r.db, r.tls),
+        ("redis.internal", 6380, 2, true)
+    );
+    assert_eq!(
+        (r.username.as_deref(), r.password.as_deref()),
+        (Some("app"), Some("from@url"))
+    );
+    assert_eq!(
+        (r.prefix.as_str(), r.command_timeout),
+        ("t1", Duration::from_millis(50))
+    );
+    assert_eq!(r.connect_timeout, Duration::from_secs(2));
+    let s = r.sentinel.as_ref().expect("sentinel");
+    assert_eq!(s.master, "mymaster");
+    let nodes = [("10.0.0.1", 26379), ("::1", 26379), ("s.internal", 1)];
+    assert_eq!(s.nodes, nodes.map(|(h, p)| (h.to_owned(), p)).to_vec());
+    assert_eq!(r.target(), "sentinel master mymaster");
+    assert!(
+        !format!("{r:?}").contains("from@url"),
+        "the password never shows"
+    );
+
+    let text = text.replace(
+        "    prefix: t1\n",
+        "    prefix: t1\n    password_file: pw\n",
+    );
+    let snap = config::parse(&dir.path().join("t.yaml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    let StoreKind::Redis(r) = &snap.store.kind else {
+        panic!("redis store expected")
+    };
+    assert_eq!(
+        r.password.as_deref(),
+        Some("from-file"),
+        "password_file wins"
     );
 }

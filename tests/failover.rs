@@ -417,16 +417,28 @@ async fn a_revived_backend_slow_starts() {
         }
     };
     let early = share(100).await;
-    assert!(early < 0.3, "right after coming back b1 takes a small share: {early}");
+    assert!(
+        early < 0.3,
+        "right after coming back b1 takes a small share: {early}"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     let late = share(200).await;
-    assert!(late > 0.35, "after the window b1 takes its full share: {late}");
+    assert!(
+        late > 0.35,
+        "after the window b1 takes its full share: {late}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_backend_down_keep_leaves_websockets_open() {
-    let procs: Vec<ProcBackend> = (1..=2).map(|i| ProcBackend::start(&format!("b{i}"))).collect();
-    let t = Tether::start(&yaml(&proc_backend_yaml(&procs), FAST_HEALTH, "    on_backend_down: keep\n"));
+    let procs: Vec<ProcBackend> = (1..=2)
+        .map(|i| ProcBackend::start(&format!("b{i}")))
+        .collect();
+    let t = Tether::start(&yaml(
+        &proc_backend_yaml(&procs),
+        FAST_HEALTH,
+        "    on_backend_down: keep\n",
+    ));
     let mut sessions = open_sessions(&t, 10).await;
     let victim = sessions[0].owner.clone();
     let vi = procs.iter().position(|p| p.id == victim).unwrap();
@@ -436,7 +448,10 @@ async fn on_backend_down_keep_leaves_websockets_open() {
     for s in sessions.iter_mut().filter(|s| s.owner == victim) {
         let ws = s.ws.as_mut().unwrap();
         let next = tokio::time::timeout(Duration::from_millis(50), ws.next()).await;
-        assert!(next.is_err(), "tether must not close it with `keep`: {next:?}");
+        assert!(
+            next.is_err(),
+            "tether must not close it with `keep`: {next:?}"
+        );
     }
     procs[vi].signal(Signal::SIGCONT);
 }

@@ -5,12 +5,13 @@
 //! is the one-line description `tether check` prints.
 //!
 //! Files: `raw` (serde shapes and defaults), `build` (the pipeline),
-//! `sections` / `pool` / `listener` (conversion), `validate` (cross-section
+//! `sections` / `pool` / `listener` / `key` (conversion), `validate` (cross-section
 //! checks), `values` (scalar converters), `keypath` and `locate` (key path ->
 //! line:col), `error`.
 
 mod build;
 mod error;
+mod key;
 mod keypath;
 mod listener;
 mod locate;
@@ -60,6 +61,7 @@ pub fn summary(snapshot: &Snapshot) -> String {
     let backends: usize = snapshot.pools.iter().map(|p| p.backends.len()).sum();
     let store = match &snapshot.store.kind {
         StoreKind::Embedded { .. } => "embedded",
+        StoreKind::Redis(_) => "redis",
     };
     format!(
         "{}: {} ({}), {}, store {store}",

@@ -68,6 +68,66 @@ pub struct Store {
 pub enum StoreKind {
     /// In-process map; persisted to `path` when set.
     Embedded { path: Option<PathBuf> },
+    /// Shared by every instance pointing at the same Redis and `prefix`.
+    Redis(RedisConfig),
+}
+
+/// `store.redis`: where the shared store lives. The URL is parsed at load, so
+/// the store only ever sees a host, a port and a database number.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `rediss://`: TLS (rustls, system roots) to Redis and to the sentinels.
+    pub tls: bool,
+    /// Host name or IP (IPv6 without brackets); unused with `sentinel`.
+    pub host: String,
+    pub port: u16,
+    pub db: i64,
+    pub username: Option<String>,
+    /// From the URL, or `password_file` (which wins).
+    pub password: Option<String>,
+    /// Every key and the pub/sub channel start with `{prefix}:`.
+    pub prefix: String,
+    pub connect_timeout: Duration,
+    /// Bound on every command: no call waits longer for Redis.
+    pub command_timeout: Duration,
+    pub sentinel: Option<RedisSentinel>,
+}
+
+/// `store.redis.sentinel`: the master is looked up through these sentinels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSentinel {
+    pub master: String,
+    /// `(host, port)` of each sentinel.
+    pub nodes: Vec<(String, u16)>,
+}
+
+impl RedisConfig {
+    /// How messages name the server: `HOST:PORT`, or the sentinel master.
+    pub fn target(&self) -> String {
+        match &self.sentinel {
+            Some(s) => format!("sentinel master {}", s.master),
+            None if self.host.contains(':') => format!("[{}]:{}", self.host, self.port),
+            None => format!("{}:{}", self.host, self.port),
+        }
+    }
+}
+
+/// Hand-written so that a logged configuration never shows the password.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("tls", &self.tls)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("db", &self.db)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("prefix", &self.prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("sentinel", &self.sentinel)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +165,9 @@ pub struct Pool {
     pub health: Health,
     /// Webhook told about drains and moved sessions; `None`: nobody is told.
     pub notify: Option<Notify>,
+    /// A PROXY header sent first on each backend connection of a tcp listener,
+    /// so backends see the real client; `None`: nothing is sent.
+    pub send_proxy: Option<ProxyVersion>,
     /// In file order; ids are unique within the pool.
     pub backends: Vec<Backend>,
 }
@@ -208,9 +271,28 @@ pub struct Backend {
     pub weight: u32,
 }
 
+/// PROXY protocol versions: v1 is text, v2 binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Http,
+    /// Plain TCP: bytes are copied both ways (`l4`).
+    Tcp,
+}
+
+impl Protocol {
+    /// Does tether read HTTP requests on this listener (so HTTP keys apply)?
+    pub fn reads_http(self) -> bool {
+        match self {
+            Protocol::Http => true,
+            Protocol::Tcp => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +305,8 @@ pub struct Listener {
     pub timeouts: ListenerTimeouts,
     /// Largest request header block accepted; bigger ones get 431.
     pub max_header_bytes: usize,
+    /// Read a PROXY v1/v2 header first (believed only from `trusted_proxies`).
+    pub proxy_protocol: bool,
     pub affinity: Affinity,
 }
 
@@ -230,7 +314,7 @@ pub struct Listener {
 pub struct ListenerTimeouts {
     /// Whole request header must arrive within this (slowloris guard).
     pub client_header: Duration,
-    /// Quiet connections (keepalive waits, WebSockets) are closed after this.
+    /// Quiet connections (keepalive waits, WebSockets, TCP sessions) are closed after this.
     pub idle: Duration,
     /// How long an idle keepalive connection waits for its next request.
     pub keepalive: Duration,
@@ -245,9 +329,28 @@ pub struct Affinity {
 #[derive(Debug, Clone)]
 pub enum Key {
     Cookie(CookieKey),
-    Header { name: http::HeaderName },
-    Query { name: String },
+    Header {
+        name: http::HeaderName,
+    },
+    Query {
+        name: String,
+    },
     SourceIp(IpMask),
+    /// tcp listeners: the TLS ClientHello's server name (passthrough, no termination).
+    Sni,
+    /// tcp listeners: an id matched in the connection's first bytes.
+    Prefix(PrefixKey),
+}
+
+/// `{ prefix: { pattern, max_bytes, timeout } }`.
+#[derive(Debug, Clone)]
+pub struct PrefixKey {
+    /// Compiled at load; has exactly one capture group, which is the key.
+    pub pattern: regex::bytes::Regex,
+    /// At most this many bytes are read looking for a match.
+    pub max_bytes: usize,
+    /// No match within this: the listener's fallback.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -81,6 +81,10 @@ pub(crate) fn pool(r: &mut Report, path: &KeyPath, name: &str, value: &Value) ->
         timeouts,
         health,
         notify,
+        send_proxy: raw.send_proxy.map(|v| match v {
+            RawProxyVersion::V1 => ProxyVersion::V1,
+            RawProxyVersion::V2 => ProxyVersion::V2,
+        }),
         backends,
     })
 }

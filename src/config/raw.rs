@@ -32,6 +32,16 @@ pub(crate) const MAX_THREADS: usize = 1024;
 pub(crate) const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
 /// `store.max_sessions`.
 pub(crate) const MAX_SESSIONS: usize = 1_000_000;
+/// `store.redis.url`: a local Redis, database 0.
+pub(crate) const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+/// `store.redis.prefix`: every key and the pub/sub channel start with `tether:`.
+pub(crate) const REDIS_PREFIX: &str = "tether";
+/// `store.redis.connect_timeout`.
+pub(crate) const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// `store.redis.command_timeout`: no call waits longer for Redis.
+pub(crate) const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_millis(200);
+/// `store.redis.sentinel.nodes[*]`: the sentinel port when none is written.
+pub(crate) const SENTINEL_PORT: u16 = 26379;
 // `pools.*.hash`: maglev; `bounded_load`: none; `on_backend_down`: migrate;
 // `failback`: stay.
 /// `pools.*.drain_timeout`.
@@ -68,7 +78,8 @@ pub(crate) const HEALTH_SLOWSTART: Duration = Duration::ZERO;
 pub(crate) const NOTIFY_BEFORE: Duration = Duration::from_secs(30);
 /// `pools.*.backends[*].weight`.
 pub(crate) const WEIGHT: u32 = 1;
-// `listeners[*].protocol`: http (the only one accepted for now).
+// `listeners[*].protocol`: http. `proxy_protocol`: absent = off.
+// `pools.*.send_proxy`: absent = no PROXY header to backends.
 /// `listeners[*].max_connections` (at most `server.max_connections`).
 pub(crate) const LISTENER_MAX_CONNECTIONS: usize = 20_000;
 /// `listeners[*].max_header_bytes`: larger request headers get 431.
@@ -88,6 +99,12 @@ pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Shortest accepted cookie secret, in bytes.
 pub(crate) const MIN_SECRET_BYTES: usize = 16;
 // `source_ip` masks: 32 (IPv4) and 128 (IPv6), i.e. one key per address.
+/// `prefix.max_bytes`: how much of a connection's start is searched for the id.
+pub(crate) const PREFIX_MAX_BYTES: usize = 512;
+/// `prefix.max_bytes` upper bound: that much is buffered per connection.
+pub(crate) const PREFIX_MAX_BYTES_LIMIT: usize = 65_536;
+/// `prefix.timeout`: no match within this, the listener's fallback applies.
+pub(crate) const PREFIX_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The top-level keys.
 pub(crate) const TOP_KEYS: &[&str] = &["admin", "server", "store", "pools", "listeners"];
@@ -118,15 +135,40 @@ pub(crate) struct RawServer {
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "the store settings (kind, path, session_ttl, max_sessions)"
+    expecting = "the store settings (kind, path, session_ttl, max_sessions, redis)"
 )]
 pub(crate) struct RawStore {
     pub kind: Option<RawStoreKind>,
     pub path: Option<Scalar>,
     pub session_ttl: Option<Scalar>,
     pub max_sessions: Option<usize>,
-    /// Accepted so the spec's spelling is recognised; rejected until redis exists.
-    pub redis: Option<Value>,
+    pub redis: Option<RawRedis>,
+}
+
+/// `store.redis` (only with `kind: redis`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "redis settings like { url: \"redis://127.0.0.1:6379/0\", prefix: tether }"
+)]
+pub(crate) struct RawRedis {
+    pub url: Option<Scalar>,
+    pub prefix: Option<Scalar>,
+    pub connect_timeout: Option<Scalar>,
+    pub command_timeout: Option<Scalar>,
+    pub password_file: Option<Scalar>,
+    pub sentinel: Option<RawSentinel>,
+}
+
+/// `store.redis.sentinel`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "sentinel settings like { master: mymaster, nodes: [\"10.0.0.1:26379\"] }"
+)]
+pub(crate) struct RawSentinel {
+    pub master: Scalar,
+    pub nodes: Vec<Scalar>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -151,8 +193,22 @@ pub(crate) struct RawPool {
     pub timeouts: Option<RawPoolTimeouts>,
     pub health: Option<RawHealth>,
     pub notify: Option<RawNotify>,
+    pub send_proxy: Option<RawProxyVersion>,
     /// Each backend is deserialized on its own (see `build`).
     pub backends: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawProxyVersion {
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawProxyProtocol {
+    Accept,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -259,8 +315,7 @@ pub(crate) struct RawListener {
     pub max_connections: Option<usize>,
     pub max_header_bytes: Option<usize>,
     pub timeouts: Option<RawListenerTimeouts>,
-    /// Recognised so the spec's spelling gets a clear "not supported yet".
-    pub proxy_protocol: Option<Scalar>,
+    pub proxy_protocol: Option<RawProxyProtocol>,
     pub affinity: RawAffinity,
 }
 
@@ -325,4 +380,16 @@ pub(crate) struct RawCookie {
 pub(crate) struct RawSourceIp {
     pub ipv4_mask: Option<u8>,
     pub ipv6_mask: Option<u8>,
+}
+
+/// `key: { prefix: { ... } }`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "prefix settings like { pattern: \"^HELLO device=([a-z0-9]+)\\n\", max_bytes: 512, timeout: 2s }"
+)]
+pub(crate) struct RawPrefix {
+    pub pattern: String,
+    pub max_bytes: Option<usize>,
+    pub timeout: Option<Scalar>,
 }

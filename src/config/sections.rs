@@ -74,15 +74,14 @@ pub(crate) fn server(r: &mut Report, path: &KeyPath, raw: RawServer) -> Server {
 }
 
 pub(crate) fn store(r: &mut Report, path: &KeyPath, raw: RawStore) -> Store {
-    if let Some(RawStoreKind::Redis) = raw.kind {
-        r.err(
-            &path.key("kind"),
-            "redis store is not available in this build yet",
-        );
-    } else if raw.redis.is_some() {
+    let is_redis = matches!(raw.kind, Some(RawStoreKind::Redis));
+    if raw.redis.is_some() && !is_redis {
+        r.err_key(&path.key("redis"), "redis settings need `kind: redis`");
+    }
+    if raw.path.is_some() && is_redis {
         r.err_key(
-            &path.key("redis"),
-            "redis settings need `kind: redis` (and the redis store is not available in this build yet)",
+            &path.key("path"),
+            "path only applies to `kind: embedded` (the redis store keeps sessions in Redis)",
         );
     }
     let session_ttl = values::duration(
@@ -107,9 +106,205 @@ pub(crate) fn store(r: &mut Report, path: &KeyPath, raw: RawStore) -> Store {
         Some(s) => Some(values::resolve(r, s)),
         None => None,
     };
+    let kind = match is_redis {
+        // On error the report fails the load; the placeholder is never used.
+        true => redis(r, &path.key("redis"), raw.redis.unwrap_or_default())
+            .map_or(StoreKind::Embedded { path: None }, StoreKind::Redis),
+        false => StoreKind::Embedded { path: file },
+    };
     Store {
-        kind: StoreKind::Embedded { path: file },
+        kind,
         session_ttl,
         max_sessions,
     }
+}
+
+/// `store.redis`: the URL is taken apart here so that a typo is a located
+/// load error rather than a failure at the first connection.
+fn redis(r: &mut Report, path: &KeyPath, raw: RawRedis) -> Option<RedisConfig> {
+    let url_path = path.key("url");
+    let text = raw.url.as_ref().map_or(REDIS_URL, |s| s.as_str().trim());
+    let url = redis_url(text).map_err(|m| r.err(&url_path, m)).ok();
+    let prefix = raw
+        .prefix
+        .as_ref()
+        .map_or(REDIS_PREFIX, |s| s.as_str().trim());
+    if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        r.err(
+            &path.key("prefix"),
+            format!("prefix `{prefix}` must be non-empty, without spaces or control characters"),
+        );
+    }
+    let connect_timeout = values::duration(
+        r,
+        &path.key("connect_timeout"),
+        raw.connect_timeout.as_ref(),
+        REDIS_CONNECT_TIMEOUT,
+        Zero::Rejected,
+    );
+    let command_timeout = values::duration(
+        r,
+        &path.key("command_timeout"),
+        raw.command_timeout.as_ref(),
+        REDIS_COMMAND_TIMEOUT,
+        Zero::Rejected,
+    );
+    let file_password = raw.password_file.as_ref().and_then(|s| {
+        let p = path.key("password_file");
+        let text = String::from_utf8(values::read_secret_file(r, &p, s)?);
+        text.map_err(|_| r.err(&p, "password_file must contain UTF-8 text"))
+            .ok()
+    });
+    let sentinel = raw
+        .sentinel
+        .and_then(|s| sentinel(r, &path.key("sentinel"), s));
+    let url = url?;
+    if url.host.is_empty() && sentinel.is_none() {
+        r.err(
+            &url_path,
+            "redis.url has no host (only with `sentinel` may it be left out, like redis:///0)",
+        );
+        return None;
+    }
+    Some(RedisConfig {
+        tls: url.tls,
+        host: url.host,
+        port: url.port,
+        db: url.db,
+        username: url.username,
+        password: file_password.or(url.password),
+        prefix: prefix.to_owned(),
+        connect_timeout,
+        command_timeout,
+        sentinel,
+    })
+}
+
+fn sentinel(r: &mut Report, path: &KeyPath, raw: RawSentinel) -> Option<RedisSentinel> {
+    let master = raw.master.as_str().trim();
+    if master.is_empty() {
+        r.err(&path.key("master"), "master must name the sentinel master");
+    }
+    if raw.nodes.is_empty() {
+        r.err(
+            &path.key("nodes"),
+            "at least one sentinel node (host:port) is required",
+        );
+    }
+    let list = path.key("nodes");
+    let mut nodes = Vec::new();
+    for (i, node) in raw.nodes.iter().enumerate() {
+        match host_port(node.as_str().trim(), SENTINEL_PORT) {
+            Ok((host, _)) if host.is_empty() => r.err(&list.idx(i), "sentinel node has no host"),
+            Ok(node) => nodes.push(node),
+            Err(m) => r.err(&list.idx(i), format!("sentinel node: {m}")),
+        }
+    }
+    (!master.is_empty() && !nodes.is_empty() && nodes.len() == raw.nodes.len()).then(|| {
+        RedisSentinel {
+            master: master.to_owned(),
+            nodes,
+        }
+    })
+}
+
+/// `redis[s]://[user[:password]@]host[:port][/db]`, taken apart.
+struct RedisUrl {
+    tls: bool,
+    host: String,
+    port: u16,
+    db: i64,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+/// Parses a Redis URL; messages never repeat the password.
+fn redis_url(url: &str) -> Result<RedisUrl, String> {
+    let (tls, rest) = match (url.strip_prefix("redis://"), url.strip_prefix("rediss://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => {
+            let scheme = url.split_once("://").map_or(url, |(s, _)| s);
+            return Err(format!(
+                "`{scheme}` is not a redis URL: write redis://host:port/db or rediss://host:port/db"
+            ));
+        }
+    };
+    if rest.contains(['?', '#']) {
+        return Err(
+            "redis.url takes no query parameters (set connect_timeout and command_timeout as keys)"
+                .into(),
+        );
+    }
+    let (authority, db) = rest.split_once('/').unwrap_or((rest, ""));
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((user, host)) => (Some(user), host),
+        None => (None, authority),
+    };
+    let decode = |s: &str, what: &str| {
+        let text = percent_encoding::percent_decode_str(s).decode_utf8();
+        let text =
+            text.map_err(|_| format!("the {what} in redis.url is not valid UTF-8 once decoded"))?;
+        Ok::<_, String>((!text.is_empty()).then(|| text.into_owned()))
+    };
+    let (username, password) = match userinfo.map(|u| u.split_once(':').unwrap_or((u, ""))) {
+        Some((user, pass)) => (decode(user, "user name")?, decode(pass, "password")?),
+        None => (None, None),
+    };
+    let (host, port) = host_port(hostport, 6379).map_err(|m| format!("redis.url: {m}"))?;
+    let db = match db {
+        "" => 0,
+        n => n.parse::<u32>().map_err(|_| {
+            format!("database `{n}` in redis.url must be a number (like redis://127.0.0.1:6379/0)")
+        })?,
+    };
+    Ok(RedisUrl {
+        tls,
+        host,
+        port,
+        db: i64::from(db),
+        username,
+        password,
+    })
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`; the host may be empty (checked by the caller).
+fn host_port(text: &str, default_port: u16) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(v6) = text.strip_prefix('[') {
+        let (ip, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("`{text}`: an IPv6 address needs its closing `]`"))?;
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("`{ip}` is not an IPv6 address"));
+        }
+        match after {
+            "" => (ip, None),
+            p => match p.strip_prefix(':') {
+                Some(p) => (ip, Some(p)),
+                None => return Err(format!("`{text}`: expected `:port` after `]`")),
+            },
+        }
+    } else {
+        match text.rsplit_once(':') {
+            Some((h, _)) if h.contains(':') => {
+                return Err(format!(
+                    "`{text}`: write IPv6 addresses in brackets, like [::1]:6379"
+                ))
+            }
+            Some((h, p)) => (h, Some(p)),
+            None => (text, None),
+        }
+    };
+    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':');
+    if !host.chars().all(valid) {
+        return Err(format!("`{host}` is not a host name or IP address"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(format!("invalid port `{p}` (must be 1-65535)")),
+        },
+    };
+    Ok((host.to_owned(), port))
 }

@@ -1,5 +1,5 @@
-//! A listener at runtime: its config, its pool, its cookie signer and its
-//! pre-resolved metric handles.
+//! A listener at runtime (http and tcp alike): its config, its pool, its
+//! cookie signer and its pre-resolved metric handles.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 
 use crate::affinity::cookie::CookieSigner;
 use crate::config;
+use crate::l4::ProxyErrors;
 use crate::metrics::{Metrics, StatusCounters};
 use crate::pool::PoolRt;
 
@@ -26,6 +27,8 @@ pub struct ListenerRt {
     pub bytes_out: IntCounter,
     pub connections: IntGauge,
     pub refused: IntCounter,
+    /// `proxy_protocol_errors_total` by reason (`proxy_protocol: accept`).
+    pub proxy_errors: ProxyErrors,
 }
 
 impl ListenerRt {
@@ -50,6 +53,7 @@ impl ListenerRt {
             bytes_out: m.bytes_total.with_label_values(&[l, "out"]),
             connections: m.connections_active.with_label_values(&[l]),
             refused: m.connections_refused.with_label_values(&[l]),
+            proxy_errors: ProxyErrors::new(&m.proxy_protocol_errors, l),
             cfg,
             pool,
             signer,

@@ -186,6 +186,8 @@ impl Router {
                     key = Some(ipkey.as_str());
                 }
             }
+            // Stream keys: config allows them on tcp listeners only.
+            Key::Sni | Key::Prefix(_) => {}
         }
         let new_id;
         if let Some(v) = &ctx.set_cookie {

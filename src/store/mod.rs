@@ -5,12 +5,15 @@
 //! hot path is the synchronous [`PoolStore::lookup`]; everything that decides or
 //! changes ownership (`insert_if_absent`, `compare_and_set`, `delete`) is async so a
 //! shared store (Redis) can implement it with round trips. The embedded store
-//! (`memory`) keeps everything in a dashmap and optionally persists it to a file.
+//! (`memory`) keeps everything in a dashmap and optionally persists it to a file;
+//! the shared store (`redis`) keeps the records in Redis behind a local cache.
 
 pub mod memory;
 mod persist;
+pub mod redis;
 
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -96,6 +99,25 @@ pub enum StoreError {
     },
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A store that cannot work as configured (bad address, wrong password):
+    /// reported at open, never while serving.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Operator state changed through another instance sharing the store (see
+/// [`Store::operator_events`]); the receiver applies it as if it came from
+/// its own admin API, without publishing it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorEvent {
+    /// `backend` of `pool` drains until the deadline (unix ms).
+    Drain {
+        pool: String,
+        backend: String,
+        deadline_unix_ms: u64,
+    },
+    /// `backend` of `pool` is back in rotation.
+    Enable { pool: String, backend: String },
 }
 
 /// Per-session state kept beside the record (it survives re-pins): live
@@ -175,6 +197,30 @@ pub trait Store: Send + Sync + 'static {
     /// Store-wide counters for metrics; stores that keep none report zeros.
     fn stats(&self) -> StoreStats {
         StoreStats::default()
+    }
+
+    /// Share a drain (`Some(deadline)`, unix ms) or an enable (`None`) of a
+    /// backend with every instance using this store. A store that is not
+    /// shared has nobody to tell.
+    async fn set_drain(
+        &self,
+        _pool: &str,
+        _backend: &str,
+        _deadline_unix_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Drains in force as `(pool, backend, deadline_unix_ms)`, read at start so
+    /// an instance started after a drain obeys it too.
+    async fn drains(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// Drains and enables made through other instances, as they happen; `None`
+    /// for a store that is not shared.
+    fn operator_events(&self) -> Option<tokio::sync::broadcast::Receiver<OperatorEvent>> {
+        None
     }
 }
 

@@ -5,7 +5,9 @@
 #[path = "../../examples/whoami.rs"]
 pub mod whoami;
 
+pub mod echo;
 pub mod http;
+pub mod tcp;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

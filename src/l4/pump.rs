@@ -1,0 +1,131 @@
+//! The byte copy of one tcp session, both ways at once.
+//!
+//! Each direction runs on its own, so a peer that stops reading holds up
+//! only the bytes going to it. An EOF in one direction is passed on as a
+//! half-close (shutdown of the other socket's write side) while the other
+//! direction goes on. The session ends when both directions are done, on an
+//! error, when nothing moved for `idle`, or when tether closes it through
+//! the backend's tunnel registry: a TCP stream has no close frame, so that
+//! simply closes both sockets. The idle timer and the registry are watched
+//! outside the copies, so they work even while a write is stuck on a frozen
+//! peer.
+//!
+//! Buffers are bounded (`BUF` per direction) and held only while data
+//! flows: an idle session keeps none, which keeps long-lived device
+//! connections cheap.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::backend::{mono_ms, CloseReason, TunnelCtl};
+
+/// Largest chunk read at once per direction.
+const BUF: usize = 16 * 1024;
+
+pub struct Pump<'a> {
+    pub idle: Duration,
+    pub ctl: &'a TunnelCtl,
+    /// `bytes_total{direction="in"}`: client to backend.
+    pub bytes_in: &'a IntCounter,
+    /// `bytes_total{direction="out"}`: backend to client.
+    pub bytes_out: &'a IntCounter,
+}
+
+/// How a session ended (for the debug log).
+pub enum End {
+    /// Both sides closed their write side.
+    Done,
+    Error(io::Error),
+    Idle,
+    Closed(CloseReason),
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Done => f.write_str("both sides closed"),
+            End::Error(e) => write!(f, "error: {e}"),
+            End::Idle => f.write_str("idle timeout"),
+            End::Closed(CloseReason::Moved) => {
+                f.write_str("closed by tether: backend down or drained")
+            }
+            End::Closed(CloseReason::Shutdown) => f.write_str("closed by tether: shutting down"),
+        }
+    }
+}
+
+/// Copy until the session ends. `first` goes to the backend before anything
+/// else (PROXY header, bytes read for the key); `client_eof`: the client
+/// already half-closed while they were read.
+pub async fn run(
+    client: TcpStream,
+    upstream: TcpStream,
+    first: Vec<u8>,
+    client_eof: bool,
+    p: &Pump<'_>,
+) -> End {
+    let (mut c_rd, mut c_wr) = client.into_split();
+    let (mut u_rd, mut u_wr) = upstream.into_split();
+    let last = AtomicU64::new(mono_ms());
+    let up = async {
+        u_wr.write_all(&first).await?;
+        drop(first);
+        if client_eof {
+            return u_wr.shutdown().await;
+        }
+        copy(&mut c_rd, &mut u_wr, p.bytes_in, &last).await
+    };
+    let down = copy(&mut u_rd, &mut c_wr, p.bytes_out, &last);
+    tokio::select! {
+        r = async { tokio::try_join!(up, down) } => match r {
+            Ok(_) => End::Done,
+            Err(e) => End::Error(e),
+        },
+        _ = idle_watch(&last, p.idle) => End::Idle,
+        why = p.ctl.closed() => End::Closed(why),
+    }
+}
+
+/// One direction: read, write, count; on EOF pass the half-close on.
+async fn copy(
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    count: &IntCounter,
+    last: &AtomicU64,
+) -> io::Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        rd.readable().await?;
+        // Only capacity: try_read_buf fills it without zeroing it first.
+        buf.clear();
+        buf.reserve_exact(BUF);
+        match rd.try_read_buf(&mut buf) {
+            Ok(0) => return wr.shutdown().await,
+            Ok(n) => {
+                wr.write_all(&buf[..n]).await?;
+                count.inc_by(n as u64);
+                last.store(mono_ms(), Ordering::Relaxed);
+            }
+            // Drained: give the buffer back until the next bytes arrive.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf = Vec::new(),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Resolves once nothing moved either way for `idle`.
+async fn idle_watch(last: &AtomicU64, idle: Duration) {
+    loop {
+        let quiet = Duration::from_millis(mono_ms().saturating_sub(last.load(Ordering::Relaxed)));
+        if quiet >= idle {
+            return;
+        }
+        tokio::time::sleep(idle - quiet).await;
+    }
+}

@@ -1,0 +1,275 @@
+//! This instance's cache of one pool's sessions: what `lookup` answers from.
+//!
+//! Like the embedded store's pool map (a `DashMap<Box<str>, Arc<Entry>>` read by
+//! `&str`, so a hit allocates nothing, plus exact per-backend counts), but every
+//! record carries the Redis version it came from. Records reach the cache from
+//! three places that can race: replies to this instance's own scripts, pub/sub
+//! messages and revalidation reads. Each is applied only if its version is newer
+//! than the cached one, so the cache converges on Redis whatever the arrival
+//! order. A record changed while Redis was unreachable is marked `local`: Redis
+//! overrides it as soon as it answers (after the queued change was replayed).
+//! Counts and records change together under the key's shard write lock.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use dashmap::mapref::entry::Entry as Slot;
+use dashmap::DashMap;
+
+use crate::store::{Hit, MoveReason, Session, SessionMeta};
+
+/// Who owns a key; replaced whole on every change.
+pub(super) struct Record {
+    pub(super) backend: Arc<str>,
+    since: u64,
+    moved_from: Option<Arc<str>>,
+    move_reason: Option<MoveReason>,
+    home: Option<Arc<str>>,
+    /// Version of the Redis record this is (0: never seen in Redis).
+    pub(super) ver: u64,
+    /// Changed while Redis was unreachable; any answer from Redis replaces it.
+    pub(super) local: bool,
+}
+
+impl Record {
+    fn new(s: &Session, ver: u64, local: bool) -> Record {
+        Record {
+            backend: s.backend.clone(),
+            since: s.since,
+            moved_from: s.moved_from.clone(),
+            move_reason: s.move_reason,
+            home: s.home.clone(),
+            ver,
+            local,
+        }
+    }
+
+    pub(super) fn is_moved(&self) -> bool {
+        self.moved_from.is_some() || self.move_reason.is_some()
+    }
+
+    /// The same owner with the move announced (cleared by `take_moved`).
+    pub(super) fn taken(&self) -> Record {
+        Record {
+            backend: self.backend.clone(),
+            since: self.since,
+            moved_from: None,
+            move_reason: None,
+            home: self.home.clone(),
+            ver: self.ver,
+            local: true,
+        }
+    }
+}
+
+pub(super) struct Entry {
+    record: ArcSwap<Record>,
+    /// Unix ms of the last hit, from the store's coarse clock.
+    pub(super) last_seen: AtomicU64,
+    /// The `last_seen` last written to Redis: TTL refreshes are throttled on it.
+    pub(super) pushed: AtomicU64,
+    pub(super) meta: Arc<SessionMeta>,
+}
+
+impl Entry {
+    fn new(s: &Session, ver: u64, local: bool) -> Entry {
+        Entry {
+            record: ArcSwap::from_pointee(Record::new(s, ver, local)),
+            last_seen: AtomicU64::new(s.last_seen),
+            pushed: AtomicU64::new(s.last_seen),
+            meta: Arc::new(SessionMeta::default()),
+        }
+    }
+
+    pub(super) fn record(&self) -> arc_swap::Guard<Arc<Record>> {
+        self.record.load()
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
+        self.meta.live() == 0
+    }
+
+    fn hit(&self) -> Hit {
+        let record = self.record.load();
+        let moved = match (&record.moved_from, record.move_reason) {
+            (Some(from), Some(reason)) => Some((from.clone(), reason)),
+            _ => None,
+        };
+        Hit {
+            backend: record.backend.clone(),
+            moved,
+            home: record.home.clone(),
+            meta: self.meta.clone(),
+        }
+    }
+
+    pub(super) fn session(&self) -> Session {
+        let record = self.record.load();
+        Session {
+            backend: record.backend.clone(),
+            since: record.since,
+            last_seen: self.last_seen.load(Relaxed),
+            moved_from: record.moved_from.clone(),
+            move_reason: record.move_reason,
+            home: record.home.clone(),
+        }
+    }
+}
+
+/// How a record read from Redis is applied.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Apply {
+    /// Newer versions only; a key not cached is added.
+    Newer,
+    /// Newer versions of keys already cached only (pub/sub: no warm-up by broadcast).
+    IfCached,
+    /// Whatever the version (Redis came back after an outage or restart).
+    Force,
+}
+
+pub(super) struct PoolCache {
+    pub(super) name: Arc<str>,
+    pub(super) map: DashMap<Box<str>, Arc<Entry>>,
+    counts: DashMap<Arc<str>, AtomicU64>,
+}
+
+impl PoolCache {
+    pub(super) fn new(name: Arc<str>) -> PoolCache {
+        PoolCache {
+            name,
+            map: DashMap::new(),
+            counts: DashMap::new(),
+        }
+    }
+
+    fn count(&self, backend: &Arc<str>, up: bool) {
+        match self.counts.get(&**backend) {
+            Some(n) if up => n.fetch_add(1, Relaxed),
+            Some(n) => n.fetch_sub(1, Relaxed),
+            None if up => self
+                .counts
+                .entry(backend.clone())
+                .or_default()
+                .fetch_add(1, Relaxed),
+            // Unreachable while the bookkeeping is exact: every owner was counted up.
+            None => 0,
+        };
+    }
+
+    /// The hot path: the cached owner, stamping `now` into `last_seen`.
+    pub(super) fn lookup(&self, key: &str, now: u64) -> Option<Hit> {
+        let entry = self.map.get(key)?;
+        // Skip the store when unchanged: hot keys then share the cache line read-only.
+        if entry.last_seen.load(Relaxed) < now {
+            entry.last_seen.fetch_max(now, Relaxed);
+        }
+        Some(entry.hit())
+    }
+
+    pub(super) fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        self.map.get(key).map(|e| e.value().clone())
+    }
+
+    /// Apply a record read from Redis at version `ver`; returns the cached owner
+    /// afterwards (`None` only for [`Apply::IfCached`] on a key not cached).
+    pub(super) fn apply(&self, key: &str, ver: u64, s: &Session, how: Apply) -> Option<Hit> {
+        if let Some(entry) = self.map.get_mut(key) {
+            self.replace(&entry, ver, s, how);
+            return Some(entry.hit());
+        }
+        if how == Apply::IfCached {
+            return None;
+        }
+        match self.map.entry(key.into()) {
+            Slot::Occupied(slot) => {
+                self.replace(slot.get(), ver, s, how);
+                Some(slot.get().hit())
+            }
+            Slot::Vacant(slot) => {
+                let entry = Entry::new(s, ver, false);
+                self.count(&s.backend, true);
+                let hit = entry.hit();
+                slot.insert(Arc::new(entry));
+                Some(hit)
+            }
+        }
+    }
+
+    /// Swap in `s` if it wins over the cached record; called under the shard lock.
+    fn replace(&self, entry: &Entry, ver: u64, s: &Session, how: Apply) {
+        let old = entry.record.load();
+        if !(how == Apply::Force || old.local || ver > old.ver) {
+            return;
+        }
+        if old.backend != s.backend {
+            self.count(&old.backend, false);
+            self.count(&s.backend, true);
+        }
+        entry.record.store(Arc::new(Record::new(s, ver, false)));
+        entry.last_seen.fetch_max(s.last_seen, Relaxed);
+        entry.pushed.fetch_max(s.last_seen, Relaxed);
+    }
+
+    /// Redis unreachable: record `s` for `key` unless it has an owner. Returns
+    /// the owner and whether `s` was recorded.
+    pub(super) fn insert_local(&self, key: &str, s: &Session) -> (Hit, bool) {
+        match self.map.entry(key.into()) {
+            Slot::Occupied(slot) => (slot.get().hit(), false),
+            Slot::Vacant(slot) => {
+                let entry = Entry::new(s, 0, true);
+                self.count(&s.backend, true);
+                let hit = entry.hit();
+                slot.insert(Arc::new(entry));
+                (hit, true)
+            }
+        }
+    }
+
+    /// Redis unreachable: swap the record of `key` if `change` gives a new one.
+    /// Returns whether it did.
+    pub(super) fn update_local(
+        &self,
+        key: &str,
+        change: impl FnOnce(&Record) -> Option<Record>,
+    ) -> bool {
+        let Some(entry) = self.map.get_mut(key) else {
+            return false;
+        };
+        let old = entry.record.load_full();
+        let Some(new) = change(&old) else {
+            return false;
+        };
+        if old.backend != new.backend {
+            self.count(&old.backend, false);
+            self.count(&new.backend, true);
+        }
+        entry.record.store(Arc::new(new));
+        true
+    }
+
+    /// A local re-pin to `s` (Redis unreachable).
+    pub(super) fn local_record(s: &Session, old: &Record) -> Record {
+        Record::new(s, old.ver, true)
+    }
+
+    /// Remove `key` if `cond` holds for its entry (checked under the shard lock).
+    pub(super) fn remove_if(&self, key: &str, cond: impl Fn(&Entry) -> bool) -> bool {
+        let removed = self.map.remove_if(key, |_, entry| {
+            if !cond(entry) {
+                return false;
+            }
+            self.count(&entry.record.load().backend, false);
+            true
+        });
+        removed.is_some()
+    }
+
+    pub(super) fn sessions_of(&self, backend: &str) -> u64 {
+        self.counts.get(backend).map_or(0, |n| n.load(Relaxed))
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.len()
+    }
+}

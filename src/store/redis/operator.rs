@@ -1,0 +1,209 @@
+//! Operator state shared through Redis: backend drains and the cookie secret.
+//!
+//! A drain is `{prefix}:drain:{pool}:{backend}` holding its deadline (unix ms),
+//! listed in the set `{prefix}:drains` so that reading them all is one round
+//! trip rather than a key scan. Changes are published like session changes;
+//! [`Shared::on_operator`] turns those of other instances into
+//! [`OperatorEvent`]s, and [`Shared::load_drains`] does the same for changes
+//! missed while this instance was not subscribed. The cookie secret is created
+//! once (`SET NX`) by whichever instance asks first and read by all others.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Instant;
+
+use ring::rand::{SecureRandom, SystemRandom};
+
+use super::link::Fail;
+use super::ops::Op;
+use super::scripts::{self, Header};
+use super::sync::lock;
+use super::Shared;
+use crate::store::{OperatorEvent, StoreError};
+
+impl Shared {
+    /// Record a drain (`Some(deadline)`) or an enable (`None`) in Redis, or queue
+    /// it while Redis is unreachable. This instance's view changes at once.
+    pub(super) async fn set_drain(&self, pool: &str, backend: &str, deadline: Option<u64>) {
+        let id = (pool.to_owned(), backend.to_owned());
+        self.drains_in_flight.fetch_add(1, SeqCst);
+        {
+            let mut mine = lock(&self.drains);
+            self.drain_epoch.fetch_add(1, SeqCst);
+            match deadline {
+                Some(d) => mine.insert(id, d),
+                None => mine.remove(&id),
+            };
+        }
+        let op = Op::Drain {
+            pool: pool.to_owned(),
+            backend: backend.to_owned(),
+            deadline,
+        };
+        if self.link.is_up() {
+            let inv = self.invocation(&op);
+            let sent = (self.link)
+                .call("drain", |mut c| async move {
+                    inv.invoke_async::<i64>(&mut c).await
+                })
+                .await;
+            if sent.is_ok() {
+                self.drain_sent();
+                return;
+            }
+        }
+        self.enqueue(op);
+        self.drain_sent();
+    }
+
+    fn drain_sent(&self) {
+        self.drain_epoch.fetch_add(1, SeqCst);
+        self.drains_in_flight.fetch_sub(1, SeqCst);
+    }
+
+    /// Read every drain from Redis into this instance's view, announcing the
+    /// differences as events (changes made elsewhere while we were not listening).
+    /// A read that raced with a change of the view is read again.
+    pub(super) async fn load_drains(&self) -> Result<(), Fail> {
+        for _ in 0..3 {
+            let epoch = self.drain_epoch.load(SeqCst);
+            let fresh = self.read_drains().await?;
+            let mut mine = lock(&self.drains);
+            let busy = self.drains_in_flight.load(SeqCst) > 0;
+            if busy || self.drain_epoch.load(SeqCst) != epoch {
+                drop(mine);
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+            self.announce_differences(&mine, &fresh);
+            *mine = fresh;
+            return Ok(());
+        }
+        // Changes keep coming: the messages carry them, the next read catches up.
+        Ok(())
+    }
+
+    async fn read_drains(&self) -> Result<HashMap<(String, String), u64>, Fail> {
+        let (index, prefix) = (self.keys.drains.clone(), self.keys.drain_prefix.clone());
+        let flat: Vec<String> = (self.link)
+            .call("drains", |mut c| async move {
+                let mut inv = scripts::DRAINS.prepare_invoke();
+                inv.key(index).arg(prefix);
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        let mut fresh = HashMap::new();
+        for pair in flat.chunks_exact(2) {
+            let (Some((pool, backend)), Ok(deadline)) =
+                (pair[0].split_once(':'), pair[1].parse::<u64>())
+            else {
+                continue;
+            };
+            fresh.insert((pool.to_owned(), backend.to_owned()), deadline);
+        }
+        Ok(fresh)
+    }
+
+    fn announce_differences(
+        &self,
+        mine: &HashMap<(String, String), u64>,
+        fresh: &HashMap<(String, String), u64>,
+    ) {
+        for ((pool, backend), &deadline) in fresh {
+            if mine.get(&(pool.clone(), backend.clone())) != Some(&deadline) {
+                let _ = self.events.send(OperatorEvent::Drain {
+                    pool: pool.clone(),
+                    backend: backend.clone(),
+                    deadline_unix_ms: deadline,
+                });
+            }
+        }
+        for (pool, backend) in mine.keys() {
+            if !fresh.contains_key(&(pool.clone(), backend.clone())) {
+                let _ = self.events.send(OperatorEvent::Enable {
+                    pool: pool.clone(),
+                    backend: backend.clone(),
+                });
+            }
+        }
+    }
+
+    /// This instance's view of the drains, sorted.
+    pub(super) fn drain_list(&self) -> Vec<(String, String, u64)> {
+        let mut list: Vec<_> = (lock(&self.drains).iter())
+            .map(|((p, b), d)| (p.clone(), b.clone(), *d))
+            .collect();
+        list.sort();
+        list
+    }
+
+    /// A drain or enable message from the events channel.
+    pub(super) fn on_operator(&self, header: &Header<'_>, body: &[u8]) {
+        let id = (header.p.to_string(), header.k.to_string());
+        let mut mine = lock(&self.drains);
+        self.drain_epoch.fetch_add(1, SeqCst);
+        let event = match (&*header.t, std::str::from_utf8(body).map(str::parse::<u64>)) {
+            ("drain", Ok(Ok(deadline))) => {
+                mine.insert(id.clone(), deadline);
+                OperatorEvent::Drain {
+                    pool: id.0,
+                    backend: id.1,
+                    deadline_unix_ms: deadline,
+                }
+            }
+            ("enable", _) => {
+                mine.remove(&id);
+                OperatorEvent::Enable {
+                    pool: id.0,
+                    backend: id.1,
+                }
+            }
+            _ => return,
+        };
+        drop(mine);
+        if header.i != self.instance {
+            // Nobody listening is fine: the runtime may not have subscribed yet.
+            let _ = self.events.send(event);
+        }
+    }
+
+    /// The shared cookie secret: read (or created) in Redis once, then kept.
+    /// Without Redis this instance signs with a secret of its own, which the
+    /// other instances do not accept; that is logged, not an error.
+    pub(super) async fn cookie_secret(&self) -> Result<Vec<u8>, StoreError> {
+        if let Some(secret) = lock(&self.secret).clone() {
+            return Ok(secret);
+        }
+        let mut candidate = vec![0u8; 32];
+        SystemRandom::new().fill(&mut candidate).map_err(|_| {
+            StoreError::Unavailable("no system randomness for the cookie secret".into())
+        })?;
+        let read = match self.link.is_up() {
+            true => {
+                let (key, mine) = (self.keys.secret.clone(), candidate.clone());
+                (self.link)
+                    .call("secret", |mut c| async move {
+                        let mut inv = scripts::SECRET.prepare_invoke();
+                        inv.key(key).arg(mine);
+                        inv.invoke_async::<Vec<u8>>(&mut c).await
+                    })
+                    .await
+            }
+            false => Err(Fail::Down),
+        };
+        let secret = match read {
+            Ok(shared) if shared.len() >= 16 => shared,
+            other => {
+                let why = other
+                    .err()
+                    .map_or("too short".to_owned(), |e| e.to_string());
+                tracing::error!(redis = %self.link.target, error = why,
+                    "redis store: shared cookie secret unavailable; this instance signs cookies with its own secret until restarted");
+                self.link.record("secret", "local", Instant::now());
+                candidate
+            }
+        };
+        let mut slot = lock(&self.secret);
+        Ok(slot.get_or_insert(secret).clone())
+    }
+}
