@@ -140,28 +140,26 @@ impl Shared {
     /// A drain or enable message from the events channel.
     pub(super) fn on_operator(&self, header: &Header<'_>, body: &[u8]) {
         let id = (header.p.to_string(), header.k.to_string());
+        let deadline = std::str::from_utf8(body).map(str::parse::<u64>);
         let mut mine = lock(&self.drains);
         self.drain_epoch.fetch_add(1, SeqCst);
-        let event = match (&*header.t, std::str::from_utf8(body).map(str::parse::<u64>)) {
-            ("drain", Ok(Ok(deadline))) => {
-                mine.insert(id.clone(), deadline);
+        // Only changes are events: a revalidation may have announced this one already.
+        let event = match (&*header.t, deadline) {
+            ("drain", Ok(Ok(deadline))) if mine.insert(id.clone(), deadline) != Some(deadline) => {
                 OperatorEvent::Drain {
                     pool: id.0,
                     backend: id.1,
                     deadline_unix_ms: deadline,
                 }
             }
-            ("enable", _) => {
-                mine.remove(&id);
-                OperatorEvent::Enable {
-                    pool: id.0,
-                    backend: id.1,
-                }
-            }
+            ("enable", _) if mine.remove(&id).is_some() => OperatorEvent::Enable {
+                pool: id.0,
+                backend: id.1,
+            },
             _ => return,
         };
-        drop(mine);
         if header.i != self.instance {
+            // Sent under the lock, so events keep the order of the changes.
             // Nobody listening is fine: the runtime may not have subscribed yet.
             let _ = self.events.send(event);
         }

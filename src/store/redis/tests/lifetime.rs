@@ -32,7 +32,16 @@ async fn live_sessions_are_refreshed_idle_ones_expire() {
         .await
         .expect("flush");
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let ttl_live: i64 = c.pttl("tt:s:app:live").await.expect("pttl");
+    // On a loaded machine a refresh may miss the 200 ms timeout: the store then
+    // counts Redis as down and writes the key back once it answers again.
+    let mut ttl_live: i64 = -2;
+    for _ in 0..100 {
+        ttl_live = c.pttl("tt:s:app:live").await.expect("pttl");
+        if ttl_live > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(ttl_live > 0, "a live session keeps its key: {ttl_live}");
     let idle: Option<String> = c.get("tt:s:app:idle").await.expect("get");
     assert!(idle.is_none(), "an idle session expires in Redis");

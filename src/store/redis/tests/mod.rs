@@ -16,9 +16,21 @@ use crate::config::{RedisConfig, Store as StoreConfig, StoreKind};
 use crate::metrics::Metrics;
 pub(super) use server::RedisServer;
 
+/// The outage tests' bound (the default of `command_timeout`).
 pub(super) const COMMAND_TIMEOUT: Duration = Duration::from_millis(200);
 
+/// Settings for tests that are not about timeouts: loose enough that a loaded
+/// machine (tests run in parallel on few cores) does not look like an outage.
 pub(super) fn redis_config(port: u16) -> RedisConfig {
+    RedisConfig {
+        connect_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(2),
+        ..strict_config(port)
+    }
+}
+
+/// Settings for the outage tests, with the default `command_timeout`.
+pub(super) fn strict_config(port: u16) -> RedisConfig {
     RedisConfig {
         tls: false,
         host: "127.0.0.1".into(),
@@ -44,6 +56,11 @@ pub(super) fn config(redis: RedisConfig, ttl: Duration) -> StoreConfig {
 /// One tether instance on the Redis at `port`.
 pub(super) async fn instance(port: u16) -> (Arc<RedisStore>, Arc<Metrics>) {
     instance_with(config(redis_config(port), Duration::from_secs(60)), 1000).await
+}
+
+/// One tether instance with the default timeouts (200 ms per command).
+pub(super) async fn strict(port: u16) -> (Arc<RedisStore>, Arc<Metrics>) {
+    instance_with(config(strict_config(port), Duration::from_secs(60)), 1000).await
 }
 
 pub(super) async fn instance_with(

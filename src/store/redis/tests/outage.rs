@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use tempfile::TempDir;
 
-use super::{config, eventually, instance, instance_with, ops, redis_config, store_up};
+use super::{config, eventually, instance, instance_with, ops, store_up, strict, strict_config};
 use super::{RedisServer, COMMAND_TIMEOUT};
 use crate::store::{MoveReason, Session, Store};
 
@@ -35,8 +35,8 @@ async fn seed_conflict() -> TempDir {
 async fn killed_redis_then_an_empty_one_loses_nothing() {
     let server = RedisServer::start();
     let port = server.port;
-    let (a, ma) = instance(port).await;
-    let (b, _) = instance(port).await;
+    let (a, ma) = strict(port).await;
+    let (b, _) = strict(port).await;
     let (pa, pb) = (a.pool("app"), b.pool("app"));
     for i in 1..=6 {
         pa.insert_if_absent(&format!("k{i}"), "b1".into())
@@ -140,7 +140,7 @@ async fn killed_redis_then_an_empty_one_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_redis_never_holds_a_call_past_the_timeout() {
     let server = RedisServer::start();
-    let (a, ma) = instance(server.port).await;
+    let (a, ma) = strict(server.port).await;
     let pa = a.pool("app");
     pa.insert_if_absent("k", "b1".into()).await.expect("insert");
     let secret = a.cookie_secret().await.expect("secret");
@@ -204,7 +204,7 @@ async fn stalled_redis_never_holds_a_call_past_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_is_bounded_and_counts_drops() {
     let server = RedisServer::start();
-    let cfg = config(redis_config(server.port), Duration::from_secs(60));
+    let cfg = config(strict_config(server.port), Duration::from_secs(60));
     let (a, ma) = instance_with(cfg, 5).await;
     let pa = a.pool("app");
     drop(server.kill());
