@@ -5,8 +5,9 @@
 //! by pingora's proxy with `l7::Router` deciding the backend through `affinity`
 //! (key extraction, consistent hashing) and `store` (where each session lives);
 //! each `protocol: tcp` connection is pinned the same way and copied by `l4`,
-//! which also reads PROXY protocol headers for every listener; `admin` serves
-//! the API and `metrics`.
+//! which also reads PROXY protocol headers for every listener; `tls`
+//! terminates TLS for `https`/`tls` listeners and speaks it to backends;
+//! `admin` serves the API and `metrics`.
 
 pub mod admin;
 pub mod affinity;
@@ -20,3 +21,4 @@ pub mod notify;
 pub mod pool;
 pub mod runtime;
 pub mod store;
+pub mod tls;

@@ -94,7 +94,8 @@ fn main() -> ExitCode {
             match tether::runtime::run(cli.config, snap) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{:#}", anyhow::Error::from(e));
+                    // RunError already names its cause: {:#} would repeat it.
+                    tracing::error!("{e}");
                     ExitCode::FAILURE
                 }
             }

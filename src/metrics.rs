@@ -38,6 +38,10 @@ pub struct Metrics {
     pub no_backend: IntCounterVec,
     pub move_latency: HistogramVec,
     pub proxy_protocol_errors: IntCounterVec,
+    /// `tether_tls_handshake_failures_total{listener,reason}`.
+    pub tls_handshake_failures: IntCounterVec,
+    /// `tether_tls_cert_reloads_total{listener,cert,result}`.
+    pub tls_cert_reloads: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -195,6 +199,18 @@ impl Metrics {
                 "proxy_protocol_errors_total",
                 "Connections closed over their PROXY header (untrusted, malformed, timeout, closed)",
                 &["listener", "reason"],
+            ),
+            tls_handshake_failures: counter(
+                &r,
+                "tls_handshake_failures_total",
+                "TLS handshakes that failed (timeout, closed, protocol, incompatible, alert, no_cert, other)",
+                &["listener", "reason"],
+            ),
+            tls_cert_reloads: counter(
+                &r,
+                "tls_cert_reloads_total",
+                "Certificate files reloaded after a change on disk (ok, or error: the old one kept serving)",
+                &["listener", "cert", "result"],
             ),
             move_latency: {
                 let h = HistogramVec::new(

@@ -3,23 +3,19 @@
 //!
 //! tether owns its accept loops instead of pingora's `Server`: it enforces
 //! `max_connections` per listener and per process (a full listener stops
-//! accepting, so clients wait in the kernel backlog as with HAProxy), wraps
-//! each connection in `l7::conn::ConnStream` (header deadline and size cap),
-//! and exits as soon as the last connection is gone after SIGTERM instead of
-//! sleeping through pingora's fixed grace period.
+//! accepting, so clients wait in the kernel backlog as with HAProxy), hands
+//! each connection to `l7::serve` (TLS, h2, or HTTP/1.1 behind the header
+//! guard) or `l4`, and exits as soon as the last connection is gone after
+//! SIGTERM instead of sleeping through pingora's fixed grace period.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::apps::{HttpServerApp, ServerApp};
-use pingora::protocols::http::ServerSession;
-use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
-use pingora::proxy::{http_proxy, HttpProxy};
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -28,13 +24,13 @@ use tokio::sync::{watch, Notify, Semaphore};
 
 use crate::admin::{AdminApp, AdminState};
 use crate::affinity::cookie::CookieSigner;
-use crate::config::{self, Key, Snapshot};
-use crate::l7::conn::{ConnInfo, ConnStream, HeaderLimits};
+use crate::config::{self, Key, Snapshot, StoreKind};
 use crate::l7::listener::ListenerRt;
 use crate::l7::router::Router;
 use crate::metrics::Metrics;
 use crate::pool::{CloseReason, PoolRt};
 use crate::store::memory::MemoryStore;
+use crate::store::RedisStore;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -146,15 +142,24 @@ async fn serve(path: PathBuf, snap: Snapshot) -> Result<(), RunError> {
         hup: signal(SignalKind::hangup()).map_err(RunError::Signal)?,
     };
     let metrics = Arc::new(Metrics::new());
-    let memory = MemoryStore::open(&snap.store)?;
-    let store: Arc<dyn Store> = memory.clone();
-    metrics.store_up.with_label_values(&[store.kind()]).set(1);
+    let store: Arc<dyn Store> = match &snap.store.kind {
+        StoreKind::Embedded { .. } => {
+            let s = MemoryStore::open(&snap.store)?;
+            metrics.store_up.with_label_values(&[s.kind()]).set(1);
+            s
+        }
+        // The Redis store reports its own `store_up` as its link comes and goes.
+        StoreKind::Redis(_) => RedisStore::open(&snap.store, metrics.clone()).await?,
+    };
 
     let pools: Vec<Arc<PoolRt>> = snap
         .pools
         .iter()
         .map(|p| Arc::new(PoolRt::new(p.clone(), store.pool(&p.name), metrics.clone())))
         .collect();
+
+    // Drains decided through other instances sharing the store hold here too.
+    let operator = crate::admin::operator::follow(store.clone(), pools.clone()).await;
 
     // One round of health checks before accepting anything (rule 3).
     let mut first = tokio::task::JoinSet::new();
@@ -208,12 +213,7 @@ async fn serve(path: PathBuf, snap: Snapshot) -> Result<(), RunError> {
     let mut proxies = Vec::new();
     let mut loops = Vec::new();
     for (l, socket) in http {
-        let proxy = Arc::new(http_proxy(
-            &conf,
-            Router {
-                listener: l.clone(),
-            },
-        ));
+        let proxy = Arc::new(crate::l7::serve::proxy(&conf, l.clone()));
         proxies.push(proxy.clone());
         log_bound(&l.cfg.name, &socket);
         loops.push(tokio::spawn(accept_http(
@@ -229,6 +229,7 @@ async fn serve(path: PathBuf, snap: Snapshot) -> Result<(), RunError> {
         state: Arc::new(AdminState {
             pools: pools.clone(),
             metrics: metrics.clone(),
+            store: store.clone(),
             token: snap.admin.token.clone(),
             stopping: Default::default(),
         }),
@@ -272,6 +273,9 @@ async fn serve(path: PathBuf, snap: Snapshot) -> Result<(), RunError> {
     for c in &checks {
         c.abort();
     }
+    if let Some(o) = &operator {
+        o.abort();
+    }
     if let Err(e) = store.flush().await {
         tracing::error!(error = %e, "flushing the affinity store");
     }
@@ -314,8 +318,9 @@ async fn wait_for_stop(signals: Signals, path: &Path, metrics: &Metrics) {
 
 /// The accept loop of one listener. Every connection first goes through
 /// `l4::admit` (its PROXY header, when the listener takes one); then
-/// `protocol: tcp` connections are served by `l4`, the others by pingora's
-/// HTTP proxy (`proxy` is unused on tcp listeners).
+/// `protocol: tcp` and `tls` connections are served by `l4`, `http` and
+/// `https` ones by `l7::serve` (`proxy` is unused on tcp and tls listeners).
+/// TLS listeners watch their certificate files as long as they accept.
 async fn accept_http(
     socket: TcpListener,
     l: Arc<ListenerRt>,
@@ -324,6 +329,7 @@ async fn accept_http(
     tracker: Arc<Tracker>,
     stop: ShutdownWatch,
 ) {
+    let _watcher = (l.tls.as_ref()).map(|t| crate::tls::AbortOnDrop(t.spawn_watcher()));
     if !l.cfg.protocol.reads_http() {
         let serve = |tcp, addr, l: Arc<ListenerRt>| async move {
             crate::l4::serve(tcp, addr, &l).await;
@@ -332,11 +338,11 @@ async fn accept_http(
     }
     if l.pool.cfg.send_proxy.is_some() {
         // pingora pools its upstream connections across clients: no per-client header fits.
-        tracing::warn!(listener = %l.cfg.name, pool = %l.pool.cfg.name, "send_proxy applies to tcp listeners only; this http listener sends none");
+        tracing::warn!(listener = %l.cfg.name, pool = %l.pool.cfg.name, "send_proxy applies to tcp and tls listeners only; this http listener sends none");
     }
     let serve = move |tcp, addr: crate::l4::ClientAddr, l: Arc<ListenerRt>| {
         let (proxy, stop) = (proxy.clone(), stop.clone());
-        async move { serve_http(tcp, addr.src, &l, &proxy, &stop).await }
+        async move { crate::l7::serve::serve(tcp, addr.src, &l, &proxy, &stop).await }
     };
     accept_loop(socket, l, process_limit, tracker, serve).await
 }
@@ -360,7 +366,9 @@ async fn accept_loop<F, Fut>(
             return;
         };
         let (mut tcp, peer) = match socket.accept().await {
-            Ok(c) => c,
+            // A v4 client on a dual-stack [::] socket shows as ::ffff:a.b.c.d:
+            // keys, masks and X-Forwarded-For want a.b.c.d.
+            Ok((tcp, p)) => (tcp, SocketAddr::new(p.ip().to_canonical(), p.port())),
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(listener = %l.cfg.name, error = %e, "accept failed");
@@ -387,53 +395,6 @@ async fn accept_loop<F, Fut>(
     }
 }
 
-fn pingora_stream(tcp: TcpStream, peer: SocketAddr) -> L4Stream {
-    let _ = tcp.set_nodelay(true);
-    let fd = tcp.as_raw_fd();
-    let mut s: L4Stream = tcp.into();
-    let digest = SocketDigest::from_raw_fd(fd);
-    let _ = digest.peer_addr.set(Some(peer.into()));
-    s.set_socket_digest(digest);
-    s
-}
-
-/// One HTTP/1.1 client connection: requests in turn until it closes.
-async fn serve_http(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    l: &ListenerRt,
-    proxy: &Arc<HttpProxy<Router>>,
-    stop: &ShutdownWatch,
-) {
-    let limits = HeaderLimits {
-        max_bytes: l.cfg.max_header_bytes,
-        timeout: l.cfg.timeouts.client_header,
-    };
-    let stream: Stream = Box::new(ConnStream::new(
-        Box::new(pingora_stream(tcp, peer)),
-        limits,
-        Arc::new(ConnInfo::default()),
-    ));
-    let keepalive = l.cfg.timeouts.keepalive.as_secs().max(1);
-    let mut session = ServerSession::new_http1(stream);
-    session.set_keepalive(if *stop.borrow() {
-        None
-    } else {
-        Some(keepalive)
-    });
-    let mut result = proxy.process_new_http(session, stop).await;
-    while let Some((stream, settings)) = result.map(|r| r.consume()) {
-        let mut session = ServerSession::new_http1(stream);
-        if let Some(s) = settings {
-            s.apply_to_session(&mut session);
-        }
-        if *stop.borrow() {
-            session.set_keepalive(None);
-        }
-        result = proxy.process_new_http(session, stop).await;
-    }
-}
-
 async fn accept_admin(socket: TcpListener, app: Arc<AdminApp>, stop: ShutdownWatch) {
     loop {
         let (tcp, peer) = match socket.accept().await {
@@ -446,7 +407,7 @@ async fn accept_admin(socket: TcpListener, app: Arc<AdminApp>, stop: ShutdownWat
         };
         let (app, stop) = (app.clone(), stop.clone());
         tokio::spawn(async move {
-            app.process_new(Box::new(pingora_stream(tcp, peer)), &stop)
+            app.process_new(Box::new(crate::l7::serve::pingora_stream(tcp, peer)), &stop)
                 .await;
         });
     }

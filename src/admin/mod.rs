@@ -4,6 +4,7 @@
 //! Reads are open; mutating calls need `Authorization: Bearer <token>` when
 //! `admin.token_file` is set, compared in constant time.
 
+pub mod operator;
 mod routes;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,11 +17,14 @@ use pingora::protocols::http::ServerSession;
 
 use crate::metrics::Metrics;
 use crate::pool::PoolRt;
+use crate::store::Store;
 
 /// What the admin API can see and act on.
 pub struct AdminState {
     pub pools: Vec<Arc<PoolRt>>,
     pub metrics: Arc<Metrics>,
+    /// Where operator state (drains) is shared with other instances.
+    pub store: Arc<dyn Store>,
     pub token: Option<Arc<str>>,
     /// Set once shutdown starts: `/api/ping` stops answering ok.
     pub stopping: AtomicBool,
@@ -135,6 +139,14 @@ impl AdminApp {
                     .set(n as i64);
             }
         }
+        // The store counts evictions and expiries itself; mirror them into the counters.
+        let st = self.state.store.stats();
+        let kind = self.state.store.kind();
+        let m = &self.state.metrics;
+        let ev = m.sessions_evicted.with_label_values(&[kind]);
+        ev.inc_by(st.evictions.saturating_sub(ev.get()));
+        let ex = m.sessions_expired.with_label_values(&[kind]);
+        ex.inc_by(st.expirations.saturating_sub(ex.get()));
         let body = self.state.metrics.render();
         Response::builder()
             .status(StatusCode::OK)

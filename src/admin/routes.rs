@@ -26,7 +26,7 @@ pub(super) async fn api(
             session(pool, m, &key).await
         }
         (&Method::POST, ["api", "pools", pool, "backends", id, action]) => {
-            backend_action(state, pool, id, action, body)
+            backend_action(state, pool, id, action, body).await
         }
         (_, ["api", "pools", ..]) | (_, ["api", "ping"]) | (_, ["metrics"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -94,7 +94,7 @@ async fn session(pool: &PoolRt, method: &Method, key: &str) -> Response<Vec<u8>>
 }
 
 /// `POST .../backends/{id}/drain` (body `{"deadline": "10m"}` optional) and `.../enable`.
-fn backend_action(
+async fn backend_action(
     state: &AdminState,
     pool: &str,
     id: &str,
@@ -112,7 +112,7 @@ fn backend_action(
     };
     match action {
         "enable" => {
-            pool.enable(idx);
+            super::operator::enable(&*state.store, pool, idx).await;
             json(
                 StatusCode::OK,
                 json!({ "pool": &*pool.cfg.name, "backend": id, "state": pool.backends[idx].state() }),
@@ -123,7 +123,7 @@ fn backend_action(
                 Ok(d) => d.unwrap_or(pool.cfg.drain_timeout),
                 Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
             };
-            pool.drain(idx, deadline);
+            super::operator::drain(&*state.store, pool, idx, deadline).await;
             json(
                 StatusCode::ACCEPTED,
                 json!({

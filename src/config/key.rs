@@ -198,9 +198,9 @@ pub(crate) fn key_fits(r: &mut Report, path: &KeyPath, key: &Key, protocol: Prot
         path.key(kind)
     };
     let message = if http_only {
-        format!("`{kind}` keys need an http listener: a tcp listener reads no HTTP (use source_ip, sni or prefix)")
+        format!("`{kind}` keys need an http listener (`protocol: http` or `https`): a tcp or tls listener reads no HTTP (use source_ip, sni or prefix)")
     } else {
-        format!("`{kind}` keys need `protocol: tcp`: an http listener keys by cookie, header, query or source_ip")
+        format!("`{kind}` keys need `protocol: tcp` or `protocol: tls`: an http listener keys by cookie, header, query or source_ip")
     };
     r.err(&at, message);
     false

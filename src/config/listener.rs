@@ -31,18 +31,18 @@ pub(crate) fn listener(
     let bind = values::socket_addr(r, &path.key("bind"), &raw.bind);
     let protocol = match raw.protocol.unwrap_or(RawProtocol::Http) {
         RawProtocol::Http => Protocol::Http,
+        RawProtocol::Https => Protocol::Https,
         RawProtocol::Tcp => Protocol::Tcp,
-        other => {
-            let spelled = format!("{other:?}").to_lowercase();
-            r.err(
-                &path.key("protocol"),
-                format!(
-                    "protocol `{spelled}` is not supported yet (only `http` and `tcp` for now)"
-                ),
-            );
-            Protocol::Http
-        }
+        RawProtocol::Tls => Protocol::Tls,
     };
+    let tls = super::tls::listener_tls(r, path, raw.tls, protocol);
+    let h2c = raw.h2c.unwrap_or(false);
+    if h2c && protocol != Protocol::Http {
+        r.err(
+            &path.key("h2c"),
+            "h2c only applies to `protocol: http` (https negotiates h2 by ALPN)",
+        );
+    }
     if raw.pool.as_str().is_empty() {
         r.err(&path.key("pool"), "pool must name a pool");
     }
@@ -86,8 +86,8 @@ pub(crate) fn listener(
         pool: Arc::from(raw.pool.as_str()),
         max_connections,
     };
-    let listener = match (bind, key) {
-        (Some(bind), Some(key)) => Some(Listener {
+    let listener = match (bind, key, tls) {
+        (Some(bind), Some(key), Ok(tls)) => Some(Listener {
             name: facts.name.clone(),
             bind,
             protocol,
@@ -96,6 +96,8 @@ pub(crate) fn listener(
             timeouts,
             max_header_bytes,
             proxy_protocol,
+            tls,
+            h2c,
             affinity: Affinity { key, fallback },
         }),
         _ => None,

@@ -5,7 +5,8 @@
 //! is the one-line description `tether check` prints.
 //!
 //! Files: `raw` (serde shapes and defaults), `build` (the pipeline),
-//! `sections` / `pool` / `listener` / `key` (conversion), `validate` (cross-section
+//! `model` / `model_tls` (the typed result), `sections` / `pool` /
+//! `listener` / `key` / `tls` (conversion), `validate` (cross-section
 //! checks), `values` (scalar converters), `keypath` and `locate` (key path ->
 //! line:col), `error`.
 
@@ -16,9 +17,11 @@ mod keypath;
 mod listener;
 mod locate;
 mod model;
+mod model_tls;
 mod pool;
 mod raw;
 mod sections;
+mod tls;
 mod validate;
 mod values;
 
@@ -26,10 +29,12 @@ use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
+pub use model_tls::*;
 
 /// Reads and validates a configuration file. Relative paths inside it
-/// (`token_file`, `secret_file`, `store.path`) are resolved against the file's
-/// directory; `token_file` and `secret_file` are read now.
+/// (`token_file`, `secret_file`, `store.path`, TLS certificates, keys and CAs)
+/// are resolved against the file's directory; files other than `store.path`
+/// are read and checked now.
 pub fn load(path: &Path) -> Result<Snapshot, ConfigErrors> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse(path, &text),

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::model_tls::{ListenerTls, PoolTls};
+
 /// One whole, validated configuration file.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
@@ -168,6 +170,8 @@ pub struct Pool {
     /// A PROXY header sent first on each backend connection of a tcp listener,
     /// so backends see the real client; `None`: nothing is sent.
     pub send_proxy: Option<ProxyVersion>,
+    /// TLS to the backends; `None`: plain TCP.
+    pub tls: Option<PoolTls>,
     /// In file order; ids are unique within the pool.
     pub backends: Vec<Backend>,
 }
@@ -281,16 +285,31 @@ pub enum ProxyVersion {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Http,
+    /// TLS terminated, then HTTP (h2 or HTTP/1.1 by ALPN).
+    Https,
     /// Plain TCP: bytes are copied both ways (`l4`).
     Tcp,
+    /// TLS terminated, then the decrypted bytes copied as for `Tcp`.
+    Tls,
 }
 
 impl Protocol {
     /// Does tether read HTTP requests on this listener (so HTTP keys apply)?
     pub fn reads_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Https)
+    }
+
+    /// Does tether terminate TLS on this listener?
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::Tls)
+    }
+
+    pub fn as_str(self) -> &'static str {
         match self {
-            Protocol::Http => true,
-            Protocol::Tcp => false,
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+            Protocol::Tcp => "tcp",
+            Protocol::Tls => "tls",
         }
     }
 }
@@ -307,6 +326,10 @@ pub struct Listener {
     pub max_header_bytes: usize,
     /// Read a PROXY v1/v2 header first (believed only from `trusted_proxies`).
     pub proxy_protocol: bool,
+    /// `https` and `tls` listeners: always `Some`; others: `None`.
+    pub tls: Option<ListenerTls>,
+    /// Plain http listeners: serve HTTP/2 to clients that start with its preface.
+    pub h2c: bool,
     pub affinity: Affinity,
 }
 

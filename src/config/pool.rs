@@ -60,6 +60,9 @@ pub(crate) fn pool(r: &mut Report, path: &KeyPath, name: &str, value: &Value) ->
     let health = health(r, &path.key("health"), raw.health);
     let notify = raw.notify.and_then(|n| notify(r, &path.key("notify"), n));
     let backends = backends(r, &path.key("backends"), raw.backends.as_ref());
+    let tls = raw
+        .tls
+        .and_then(|t| super::tls::pool_tls(r, &path.key("tls"), t));
     Some(Pool {
         name: Arc::from(name),
         hash: match raw.hash.unwrap_or(RawHash::Maglev) {
@@ -85,6 +88,7 @@ pub(crate) fn pool(r: &mut Report, path: &KeyPath, name: &str, value: &Value) ->
             RawProxyVersion::V1 => ProxyVersion::V1,
             RawProxyVersion::V2 => ProxyVersion::V2,
         }),
+        tls,
         backends,
     })
 }

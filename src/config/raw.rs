@@ -78,7 +78,10 @@ pub(crate) const HEALTH_SLOWSTART: Duration = Duration::ZERO;
 pub(crate) const NOTIFY_BEFORE: Duration = Duration::from_secs(30);
 /// `pools.*.backends[*].weight`.
 pub(crate) const WEIGHT: u32 = 1;
-// `listeners[*].protocol`: http. `proxy_protocol`: absent = off.
+// `listeners[*].protocol`: http. `proxy_protocol`: absent = off. `h2c`: false.
+// `listeners[*].tls.alpn`: [h2, http/1.1] on https, none on tls listeners;
+// `tls.default`: the only certificate when there is one (required with several).
+// `pools.*.tls`: absent = plain TCP to the backends; `verify`: true; `ca`: the system's roots.
 // `pools.*.send_proxy`: absent = no PROXY header to backends.
 /// `listeners[*].max_connections` (at most `server.max_connections`).
 pub(crate) const LISTENER_MAX_CONNECTIONS: usize = 20_000;
@@ -194,8 +197,21 @@ pub(crate) struct RawPool {
     pub health: Option<RawHealth>,
     pub notify: Option<RawNotify>,
     pub send_proxy: Option<RawProxyVersion>,
+    pub tls: Option<RawPoolTls>,
     /// Each backend is deserialized on its own (see `build`).
     pub backends: Option<Value>,
+}
+
+/// `pools.NAME.tls`: TLS to the backends.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "upstream TLS settings like { sni: app.internal, verify: true, ca: ca.pem }"
+)]
+pub(crate) struct RawPoolTls {
+    pub sni: Option<Scalar>,
+    pub verify: Option<bool>,
+    pub ca: Option<Scalar>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -316,7 +332,42 @@ pub(crate) struct RawListener {
     pub max_header_bytes: Option<usize>,
     pub timeouts: Option<RawListenerTimeouts>,
     pub proxy_protocol: Option<RawProxyProtocol>,
+    pub tls: Option<RawListenerTls>,
+    pub h2c: Option<bool>,
     pub affinity: RawAffinity,
+}
+
+/// `listeners[*].tls` (https and tls listeners).
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "TLS settings like { certs: [{ name: site, cert: site.crt, key: site.key }], default: site }"
+)]
+pub(crate) struct RawListenerTls {
+    /// Each certificate is deserialized on its own (see `tls`).
+    pub certs: Option<Value>,
+    pub default: Option<Scalar>,
+    pub alpn: Option<Vec<RawAlpn>>,
+}
+
+/// `listeners[*].tls.certs[*]`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a certificate like { name: site, cert: certs/site.crt, key: certs/site.key }"
+)]
+pub(crate) struct RawCert {
+    pub name: Scalar,
+    pub cert: Scalar,
+    pub key: Scalar,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub(crate) enum RawAlpn {
+    #[serde(rename = "h2")]
+    H2,
+    #[serde(rename = "http/1.1")]
+    Http11,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

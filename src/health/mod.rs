@@ -24,7 +24,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 pub use counter::Counter;
-pub use probe::{probe, ProbeError};
+pub use probe::{probe, probe_with, ProbeError};
 
 use crate::backend::Health;
 use crate::config::HealthKind;
@@ -101,7 +101,8 @@ pub async fn first_round(pool: &PoolRt, metrics: &Metrics) {
     let mut probes = JoinSet::new();
     for (idx, b) in pool.backends.iter().enumerate() {
         let (kind, addr, timeout) = (kind.clone(), b.addr, h.timeout);
-        probes.spawn(async move { (idx, probe(&kind, addr, timeout).await) });
+        let tls = pool.cfg.tls.clone();
+        probes.spawn(async move { (idx, probe_with(&kind, addr, timeout, tls.as_ref()).await) });
     }
     let collect = async {
         while let Some(joined) = probes.join_next().await {
@@ -158,7 +159,7 @@ async fn watch(pool: Arc<PoolRt>, metrics: Arc<Metrics>, idx: usize) {
         tokio::time::sleep_until(next).await;
         // Start to start, so the probe's own duration does not stretch the period.
         next += jittered(h.interval);
-        let result = probe(&h.kind, b.addr, h.timeout).await;
+        let result = probe_with(&h.kind, b.addr, h.timeout, pool.cfg.tls.as_ref()).await;
         apply(&pool, idx, &mut counter, &outcomes, result);
         // After a stall (suspended process, overloaded runtime) do not burst to catch up.
         next = next.max(Instant::now());

@@ -5,15 +5,18 @@
 //! and headers are never read, so a slow or huge body cannot stall the checker.
 //! The whole probe (connect, write, read) is bounded by one deadline, because a
 //! frozen backend accepts connections in its kernel but never answers.
+//! Against a pool with upstream `tls`, `http` probes speak HTTPS (verified
+//! like every other connection to those backends); `tcp` probes only connect.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::HealthKind;
+use crate::config::{HealthKind, PoolTls};
+use crate::tls::client::{self as upstream, ConnectError};
 
 /// Longest status line accepted; anything longer is not an HTTP server talking.
 const MAX_STATUS_LINE: usize = 8 * 1024;
@@ -39,13 +42,28 @@ pub async fn probe(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<(), ProbeError> {
-    match tokio::time::timeout(timeout, run(kind, addr)).await {
+    probe_with(kind, addr, timeout, None).await
+}
+
+/// [`probe`] over TLS when `tls` is set (the pool's upstream TLS).
+pub async fn probe_with(
+    kind: &HealthKind,
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&PoolTls>,
+) -> Result<(), ProbeError> {
+    match tokio::time::timeout(timeout, run(kind, addr, timeout, tls)).await {
         Ok(result) => result,
         Err(_) => Err(ProbeError::TimedOut(timeout)),
     }
 }
 
-async fn run(kind: &HealthKind, addr: SocketAddr) -> Result<(), ProbeError> {
+async fn run(
+    kind: &HealthKind,
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&PoolTls>,
+) -> Result<(), ProbeError> {
     let (method, path, host, expect_status) = match kind {
         HealthKind::None => return Ok(()),
         HealthKind::Tcp => {
@@ -59,7 +77,18 @@ async fn run(kind: &HealthKind, addr: SocketAddr) -> Result<(), ProbeError> {
             expect_status,
         } => (method, path, host, expect_status),
     };
-    let mut stream = connect(addr).await?;
+    let mut stream = match tls {
+        None => upstream::Upstream::Plain(connect(addr).await?),
+        Some(_) => match upstream::connect(addr, timeout, tls).await {
+            Ok(s) => s,
+            Err(ConnectError::Connect(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                return Err(ProbeError::Refused)
+            }
+            Err(ConnectError::Connect(e)) => return Err(ProbeError::Connect(e)),
+            Err(ConnectError::Timeout(t)) => return Err(ProbeError::TimedOut(t)),
+            Err(e @ ConnectError::Tls(_)) => return Err(ProbeError::BadResponse(e.to_string())),
+        },
+    };
     // SocketAddr's Display brackets IPv6 literals, as a Host header needs.
     let host = match host {
         Some(h) => h.clone(),
@@ -89,7 +118,7 @@ async fn connect(addr: SocketAddr) -> Result<TcpStream, ProbeError> {
 }
 
 /// Read until the status line is complete and return its code.
-async fn read_status(stream: &mut TcpStream) -> Result<u16, ProbeError> {
+async fn read_status<S: AsyncRead + Unpin>(stream: &mut S) -> Result<u16, ProbeError> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
     loop {

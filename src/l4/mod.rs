@@ -1,4 +1,5 @@
-//! L4: `protocol: tcp` listeners, and the PROXY protocol for every listener.
+//! L4: `protocol: tcp` and `protocol: tls` listeners (TLS terminated by
+//! `crate::tls`, then the same as tcp), and the PROXY protocol for every listener.
 //!
 //! A tcp connection is pinned like an HTTP request (same pool, store, health
 //! and failover), keyed by its source address, by the server name of a TLS

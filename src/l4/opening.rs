@@ -1,4 +1,5 @@
-//! A tcp connection's key from its first bytes (`sni`, `prefix`), read
+//! A tcp connection's key from its first bytes (`sni`, `prefix`; on a tls
+//! listener the decrypted bytes, `sni` coming from the handshake), read
 //! within a size bound and a deadline. Whatever was read is kept, to be
 //! forwarded to the backend untouched before anything else.
 
@@ -6,8 +7,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::BufMut;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::sni::{self, Hello};
 use crate::affinity::key::MAX_KEY_LEN;
@@ -25,7 +25,11 @@ pub struct Opening {
 
 /// Read the key `key` asks for. `source_ip` needs no bytes; `sni` waits up
 /// to `hello_timeout` (the listener's `client_header`), `prefix` up to its own.
-pub async fn read(tcp: &mut TcpStream, key: &Key, hello_timeout: Duration) -> io::Result<Opening> {
+pub async fn read<S: AsyncRead + Unpin>(
+    tcp: &mut S,
+    key: &Key,
+    hello_timeout: Duration,
+) -> io::Result<Opening> {
     match key {
         Key::Sni => {
             read_until(
@@ -63,8 +67,8 @@ fn prefix(p: &PrefixKey, buf: &[u8]) -> Option<Option<String>> {
 /// Read until `judge` decides (`Some`), `max` bytes were read, the client
 /// half-closes or `limit` passes; only the first answers with a key. Never
 /// reads past `max`: the rest of the stream stays in the socket.
-async fn read_until(
-    tcp: &mut TcpStream,
+async fn read_until<S: AsyncRead + Unpin>(
+    tcp: &mut S,
     max: usize,
     limit: Duration,
     mut judge: impl FnMut(&[u8]) -> Option<Option<String>>,

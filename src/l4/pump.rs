@@ -12,14 +12,16 @@
 //!
 //! Buffers are bounded (`BUF` per direction) and held only while data
 //! flows: an idle session keeps none, which keeps long-lived device
-//! connections cheap.
+//! connections cheap. Sessions with TLS on either side (`run_io`) go through
+//! rustls, which cannot say "readable" without a buffer to decrypt into:
+//! they keep one buffer per direction for their whole life.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::IntCounter;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -61,7 +63,7 @@ impl std::fmt::Display for End {
 }
 
 /// Copy until the session ends. `first` goes to the backend before anything
-/// else (PROXY header, bytes read for the key); `client_eof`: the client
+/// else (the bytes read for the key); `client_eof`: the client
 /// already half-closed while they were read.
 pub async fn run(
     client: TcpStream,
@@ -89,6 +91,66 @@ pub async fn run(
         },
         _ = idle_watch(&last, p.idle) => End::Idle,
         why = p.ctl.closed() => End::Closed(why),
+    }
+}
+
+/// [`run`] for streams that are not bare sockets (TLS on either side).
+pub async fn run_io<C, U>(
+    client: C,
+    upstream: U,
+    first: Vec<u8>,
+    client_eof: bool,
+    p: &Pump<'_>,
+) -> End
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send,
+    U: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (mut c_rd, mut c_wr) = tokio::io::split(client);
+    let (mut u_rd, mut u_wr) = tokio::io::split(upstream);
+    let last = AtomicU64::new(mono_ms());
+    let up = async {
+        u_wr.write_all(&first).await?;
+        u_wr.flush().await?;
+        drop(first);
+        if client_eof {
+            return u_wr.shutdown().await;
+        }
+        copy_io(&mut c_rd, &mut u_wr, p.bytes_in, &last).await
+    };
+    let down = copy_io(&mut u_rd, &mut c_wr, p.bytes_out, &last);
+    tokio::select! {
+        r = async { tokio::try_join!(up, down) } => match r {
+            Ok(_) => End::Done,
+            Err(e) => End::Error(e),
+        },
+        _ = idle_watch(&last, p.idle) => End::Idle,
+        why = p.ctl.closed() => End::Closed(why),
+    }
+}
+
+/// One direction of `run_io`; the TLS writer is flushed after every chunk so
+/// nothing waits in a record buffer.
+async fn copy_io<R, W>(
+    rd: &mut R,
+    wr: &mut W,
+    count: &IntCounter,
+    last: &AtomicU64,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = rd.read(&mut buf).await?;
+        if n == 0 {
+            return wr.shutdown().await;
+        }
+        wr.write_all(&buf[..n]).await?;
+        wr.flush().await?;
+        count.inc_by(n as u64);
+        last.store(mono_ms(), Ordering::Relaxed);
     }
 }
 

@@ -8,13 +8,19 @@
 //! connection tries another live one (at most `MAX_RETRIES`), without
 //! re-pinning: re-pinning happens when the backend is marked down. TCP has
 //! no way to answer "503": with no backend the client is simply closed.
+//!
+//! On a `tls` listener the TLS handshake comes first (its server name is the
+//! `sni` key) and the decrypted bytes are what is read and copied; a pool
+//! with `tls` gets TLS to its backends, on either kind of listener.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 use super::admit::ClientAddr;
-use super::opening;
+use super::opening::{self, Opening};
 use super::proxy_proto;
 use super::pump::{self, Pump};
 use crate::affinity::hash::hash_key;
@@ -23,21 +29,61 @@ use crate::backend::{BackendRt, Health};
 use crate::config::{Fallback, IpMask, Key};
 use crate::l7::listener::ListenerRt;
 use crate::pool::Decision;
+use crate::tls::client::{self, Upstream};
 
 /// Other backends tried after a failed connect, as for HTTP retries.
 const MAX_RETRIES: usize = 2;
 
-/// Serve one admitted tcp connection until it closes.
-pub async fn serve(mut client: TcpStream, addr: ClientAddr, l: &ListenerRt) {
-    let _ = client.set_nodelay(true);
+/// The client side of a session.
+enum Client {
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Serve one admitted tcp or tls connection until it closes.
+pub async fn serve(mut tcp: TcpStream, addr: ClientAddr, l: &ListenerRt) {
+    let _ = tcp.set_nodelay(true);
     let key_cfg = &l.cfg.affinity.key;
-    let opening = match opening::read(&mut client, key_cfg, l.cfg.timeouts.client_header).await {
-        Ok(o) => o,
-        Err(e) => {
-            tracing::debug!(listener = %l.cfg.name, client = %addr.src, error = %e, "reading the key");
-            return;
+    let limit = l.cfg.timeouts.client_header;
+    // Where the client connected to, for a PROXY header sent on.
+    let local = addr.dst.or_else(|| tcp.local_addr().ok());
+    let read = match &l.tls {
+        None => opening::read(&mut tcp, key_cfg, limit)
+            .await
+            .map(|o| (Client::Tcp(tcp), o)),
+        Some(tls) => {
+            let Some(mut s) = tls.accept(tcp, limit, addr.src).await else {
+                return;
+            };
+            let opening = match key_cfg {
+                // The name came with the handshake: nothing more to read.
+                Key::Sni => Ok(Opening {
+                    key: s.get_ref().1.server_name().map(str::to_ascii_lowercase),
+                    bytes: Vec::new(),
+                    eof: false,
+                }),
+                _ => opening::read(&mut s, key_cfg, limit).await,
+            };
+            opening.map(|o| (Client::Tls(Box::new(s)), o))
         }
     };
+    match read {
+        Ok((client, opening)) => session(client, opening, addr, local, l).await,
+        Err(e) => {
+            tracing::debug!(listener = %l.cfg.name, client = %addr.src, error = %e, "reading the key");
+        }
+    }
+}
+
+/// Key, route, connect and copy, once the opening bytes (if any) are read.
+async fn session(
+    client: Client,
+    opening: Opening,
+    addr: ClientAddr,
+    local: Option<SocketAddr>,
+    l: &ListenerRt,
+) {
+    let key_cfg = &l.cfg.affinity.key;
     if opening.eof && opening.bytes.is_empty() {
         return; // gone before saying anything: nothing to forward
     }
@@ -86,21 +132,17 @@ pub async fn serve(mut client: TcpStream, addr: ClientAddr, l: &ListenerRt) {
     let key_hash = key
         .as_deref()
         .map_or_else(rand::random, |k| hash_key(k.as_bytes()));
-    let Some((backend, upstream)) = connect(l, backend, key_hash).await else {
+    // The PROXY header is the first thing on the wire, before any TLS to the backend.
+    let header = match l.pool.cfg.send_proxy {
+        Some(v) => proxy_proto::encode(v, addr.src, local.unwrap_or(l.cfg.bind)),
+        None => Vec::new(),
+    };
+    let Some((backend, upstream)) = connect(l, backend, key_hash, &header).await else {
         tracing::debug!(listener = %l.cfg.name, client = %addr.src, "no backend could be reached: closed");
         return;
     };
-    let _ = upstream.set_nodelay(true);
-    let mut first = match l.pool.cfg.send_proxy {
-        Some(v) => {
-            let dst = addr.dst.or_else(|| client.local_addr().ok());
-            proxy_proto::encode(v, addr.src, dst.unwrap_or(l.cfg.bind))
-        }
-        None => Vec::new(),
-    };
-    first.extend_from_slice(&opening.bytes);
-    l.bytes_in.inc_by(opening.bytes.len() as u64);
-    drop(opening.bytes);
+    let first = opening.bytes;
+    l.bytes_in.inc_by(first.len() as u64);
 
     let _active = Active::new(&backend);
     let reg = backend.register_tunnel();
@@ -110,7 +152,11 @@ pub async fn serve(mut client: TcpStream, addr: ClientAddr, l: &ListenerRt) {
         bytes_in: &l.bytes_in,
         bytes_out: &l.bytes_out,
     };
-    let end = pump::run(client, upstream, first, opening.eof, &p).await;
+    let end = match (client, upstream) {
+        (Client::Tcp(c), Upstream::Plain(u)) => pump::run(c, u, first, opening.eof, &p).await,
+        (Client::Tcp(c), u) => pump::run_io(c, u, first, opening.eof, &p).await,
+        (Client::Tls(c), u) => pump::run_io(*c, u, first, opening.eof, &p).await,
+    };
     tracing::debug!(listener = %l.cfg.name, client = %addr.src, backend = %backend.id, %end, "tcp session ended");
 }
 
@@ -135,20 +181,21 @@ async fn connect(
     l: &ListenerRt,
     first: Arc<BackendRt>,
     key_hash: u64,
-) -> Option<(Arc<BackendRt>, TcpStream)> {
+    preamble: &[u8],
+) -> Option<(Arc<BackendRt>, Upstream)> {
     let pool = &l.pool;
     let mut b = first;
     let mut tried = Vec::with_capacity(MAX_RETRIES + 1);
     loop {
         let idx = pool.backends.iter().position(|x| Arc::ptr_eq(x, &b))?;
         let limit = pool.cfg.timeouts.connect;
-        let why = match tokio::time::timeout(limit, TcpStream::connect(b.addr)).await {
-            Ok(Ok(s)) => {
+        let tls = pool.cfg.tls.as_ref();
+        let why = match client::connect_with(b.addr, limit, tls, preamble).await {
+            Ok(s) => {
                 b.passive_success();
                 return Some((b, s));
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("timed out after {limit:?}"),
+            Err(e) => e.to_string(),
         };
         tracing::debug!(pool = %pool.cfg.name, backend = %b.id, error = %why, "tcp connect failed");
         if pool.passive_enabled() && b.passive_failure(pool.cfg.health.fall) {

@@ -1,5 +1,5 @@
-//! A listener at runtime (http and tcp alike): its config, its pool, its
-//! cookie signer and its pre-resolved metric handles.
+//! A listener at runtime (http, https, tcp and tls alike): its config, its
+//! pool, its cookie signer, its TLS acceptor and its pre-resolved metric handles.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use crate::config;
 use crate::l4::ProxyErrors;
 use crate::metrics::{Metrics, StatusCounters};
 use crate::pool::PoolRt;
+use crate::tls::TlsRt;
 
 pub struct ListenerRt {
     pub cfg: config::Listener,
@@ -29,6 +30,8 @@ pub struct ListenerRt {
     pub refused: IntCounter,
     /// `proxy_protocol_errors_total` by reason (`proxy_protocol: accept`).
     pub proxy_errors: ProxyErrors,
+    /// `https` and `tls` listeners: the handshake and the certificates.
+    pub tls: Option<Arc<TlsRt>>,
 }
 
 impl ListenerRt {
@@ -46,7 +49,12 @@ impl ListenerRt {
             .map(|b| StatusCounters::new(&m.requests_total, l, p, &b.id))
             .collect();
         status.push(StatusCounters::new(&m.requests_total, l, p, ""));
+        if let Some(t) = pool.cfg.tls.as_ref().filter(|t| !t.verify) {
+            // Never silently off: the config had to say so, and every start says it again.
+            tracing::warn!(listener = l, pool = p, sni = %t.sni, "upstream TLS certificate verification is OFF (verify: false): any certificate is accepted");
+        }
         ListenerRt {
+            tls: cfg.tls.as_ref().map(|t| Arc::new(TlsRt::new(l, t, m))),
             status,
             duration: m.request_duration.with_label_values(&[l, p]),
             bytes_in: m.bytes_total.with_label_values(&[l, "in"]),

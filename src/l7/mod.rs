@@ -1,11 +1,13 @@
-//! L7: HTTP/1.1 and WebSocket proxying on pingora.
+//! L7: HTTP/1.1, HTTP/2 and WebSocket proxying on pingora.
 //!
-//! `runtime` accepts a connection, wraps it in a [`conn::ConnStream`] (header
-//! deadline and size cap) and hands it to pingora's HTTP proxy, whose
-//! [`router::Router`] makes every routing decision for the [`listener::ListenerRt`].
+//! `runtime` accepts a connection and [`serve`] takes it from there (TLS
+//! handshake on https, h2 or HTTP/1.1 behind the [`conn::ConnStream`] header
+//! guard) into pingora's HTTP proxy, whose [`router::Router`] makes every
+//! routing decision for the [`listener::ListenerRt`].
 
 pub mod conn;
 pub mod listener;
 pub mod router;
+pub mod serve;
 pub mod tunnel;
 pub mod wsframe;

@@ -279,7 +279,12 @@ impl Router {
             };
             up.insert_header("x-forwarded-for", xff)?;
             if !(trusted && up.headers.contains_key("x-forwarded-proto")) {
-                up.insert_header("x-forwarded-proto", "http")?;
+                let proto = if self.listener.cfg.protocol.is_tls() {
+                    "https"
+                } else {
+                    "http"
+                };
+                up.insert_header("x-forwarded-proto", proto)?;
             }
         }
         Ok(())
@@ -299,7 +304,8 @@ impl Router {
         };
         b.upstream_active.inc();
         let reg = b.register_tunnel();
-        let res = tunnel::websocket(session, b.addr, &req, &t, &reg.ctl).await;
+        let tls = self.listener.pool.cfg.tls.as_ref();
+        let res = tunnel::websocket(session, b.addr, tls, &req, &t, &reg.ctl).await;
         drop(reg);
         b.upstream_active.dec();
         match res {
@@ -356,6 +362,8 @@ impl ProxyHttp for Router {
         // pingora's 60 s default read timeout would cut every quiet WebSocket.
         down.set_read_timeout(idle);
         down.set_write_timeout(idle);
+        // HTTP/1 only: an h2 stream has no stream of its own (`stream()` is None)
+        // and no header guard; its headers are bounded by the h2 settings.
         ctx.conn = down
             .stream()
             .and_then(|s| s.as_any().downcast_ref::<ConnStream>())
@@ -412,7 +420,16 @@ impl ProxyHttp for Router {
             return Error::e_explain(ErrorType::InternalError, "no backend decided");
         };
         let t = &pool.cfg.timeouts;
-        let mut peer = HttpPeer::new(b.addr, false, String::new());
+        let mut peer = match &pool.cfg.tls {
+            // The SNI is never empty (config): with rustls an empty one turns verification off.
+            Some(tls) => {
+                let mut peer = HttpPeer::new(b.addr, true, tls.sni.clone());
+                peer.options.verify_cert = tls.verify;
+                peer.options.ca = tls.pingora_ca.clone();
+                peer
+            }
+            None => HttpPeer::new(b.addr, false, String::new()),
+        };
         peer.options.connection_timeout = Some(t.connect);
         peer.options.read_timeout = Some(t.response_header);
         peer.options.write_timeout = Some(self.listener.cfg.timeouts.idle);
@@ -427,6 +444,17 @@ impl ProxyHttp for Router {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let (Some(tls), Some((_, b))) = (&self.listener.pool.cfg.tls, &ctx.backend) {
+            if matches!(
+                e.etype(),
+                ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError
+            ) {
+                crate::tls::client::warn_limited(&format!(
+                    "upstream TLS to backend {} ({}, sni {}) failed: {e}",
+                    b.id, b.addr, tls.sni
+                ));
+            }
+        }
         self.passive_failure(ctx, "connect failed");
         // Nothing was sent: any request may go to another backend.
         if self.may_retry(ctx) {
@@ -515,10 +543,16 @@ impl ProxyHttp for Router {
         {
             let max_age = c.insert.as_ref().map(|i| i.max_age.as_secs()).unwrap_or(0);
             // append, not insert: the backend's own cookies must survive.
+            // Secure on TLS listeners: the browser then never sends it in clear.
+            let secure = if self.listener.cfg.protocol.is_tls() {
+                "; Secure"
+            } else {
+                ""
+            };
             resp.append_header(
                 header::SET_COOKIE,
                 format!(
-                    "{}={v}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax",
+                    "{}={v}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}",
                     c.name
                 ),
             )?;

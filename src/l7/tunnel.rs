@@ -18,10 +18,11 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use pingora::ErrorType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::wsframe::FrameTracker;
 use crate::backend::{CloseReason, TunnelCtl};
+use crate::config::PoolTls;
+use crate::tls::client::{self, ConnectError, Upstream};
 
 /// Largest backend response header block accepted on an upgrade.
 const MAX_HEAD: usize = 64 * 1024;
@@ -58,7 +59,7 @@ fn head_bytes(req: &RequestHeader) -> Vec<u8> {
 }
 
 /// Read the backend's response head; returns it and any bytes read past it.
-async fn read_head(up: &mut TcpStream) -> Result<(ResponseHeader, Vec<u8>)> {
+async fn read_head(up: &mut Upstream) -> Result<(ResponseHeader, Vec<u8>)> {
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     loop {
@@ -106,7 +107,7 @@ async fn read_head(up: &mut TcpStream) -> Result<(ResponseHeader, Vec<u8>)> {
 /// Relay a refused upgrade (not 101) as a plain response, re-framed with Content-Length.
 async fn relay_refusal(
     session: &mut Session,
-    up: &mut TcpStream,
+    up: &mut Upstream,
     mut resp: ResponseHeader,
     mut body: Vec<u8>,
 ) -> Result<()> {
@@ -145,31 +146,38 @@ async fn relay_refusal(
     Ok(())
 }
 
-/// Tunnel one WebSocket to `addr`. `req` is the upstream request, headers already rewritten.
-/// Returns the status sent to the client.
+/// Tunnel one WebSocket to `addr` (over TLS when the pool says so). `req` is
+/// the upstream request, headers already rewritten. Returns the status sent
+/// to the client.
 pub async fn websocket(
     session: &mut Session,
     addr: SocketAddr,
+    tls: Option<&PoolTls>,
     req: &RequestHeader,
     t: &Timeouts,
     ctl: &TunnelCtl,
 ) -> Result<u16> {
-    let mut up = match tokio::time::timeout(t.connect, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            return Err(upstream_err(
-                ErrorType::ConnectRefused,
-                format!("connecting {addr}: {e}"),
-            ))
-        }
-        Err(_) => {
+    let mut up = match client::connect(addr, t.connect, tls).await {
+        Ok(s) => s,
+        Err(ConnectError::Timeout(_)) => {
             return Err(upstream_err(
                 ErrorType::ConnectTimedout,
                 format!("connecting {addr}"),
             ))
         }
+        Err(ConnectError::Tls(e)) => {
+            return Err(upstream_err(
+                ErrorType::TLSHandshakeFailure,
+                format!("TLS to {addr}: {e}"),
+            ))
+        }
+        Err(ConnectError::Connect(e)) => {
+            return Err(upstream_err(
+                ErrorType::ConnectRefused,
+                format!("connecting {addr}: {e}"),
+            ))
+        }
     };
-    let _ = up.set_nodelay(true);
     up.write_all(&head_bytes(req)).await.map_err(|e| {
         upstream_err(
             ErrorType::WriteError,
@@ -210,8 +218,8 @@ fn close_frame(code: u16) -> Bytes {
 /// or tether closes the tunnel (backend down or drained out, or shutdown).
 /// tether's close frame goes only between two of the backend's frames and
 /// never after the backend's own close (see `wsframe`).
-async fn pump(session: &mut Session, up: TcpStream, idle: Duration, ctl: &TunnelCtl) {
-    let (mut up_rd, mut up_wr) = up.into_split();
+async fn pump(session: &mut Session, up: Upstream, idle: Duration, ctl: &TunnelCtl) {
+    let (mut up_rd, mut up_wr) = tokio::io::split(up);
     let mut buf = vec![0u8; 16 * 1024];
     let mut frames = FrameTracker::default();
     let mut client_open = true;

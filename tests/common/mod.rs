@@ -7,6 +7,7 @@ pub mod whoami;
 
 pub mod echo;
 pub mod http;
+pub mod redis;
 pub mod tcp;
 
 use std::collections::HashMap;

@@ -165,6 +165,27 @@ impl Shared {
         }
     }
 
+    /// After Redis restarted empty: put back the secret this instance signs
+    /// with, so cookies issued before the restart stay valid for every
+    /// instance (including one started later). First writer wins, as at start.
+    pub(super) async fn write_back_secret(&self) {
+        let Some(mine) = lock(&self.secret).clone() else {
+            return;
+        };
+        let key = self.keys.secret.clone();
+        let res = (self.link)
+            .call("secret", |mut c| async move {
+                let mut inv = scripts::SECRET.prepare_invoke();
+                inv.key(key).arg(mine);
+                inv.invoke_async::<Vec<u8>>(&mut c).await
+            })
+            .await;
+        match res {
+            Ok(_) => tracing::info!("redis store: cookie secret written back"),
+            Err(e) => tracing::warn!(error = %e, "redis store: writing the cookie secret back"),
+        }
+    }
+
     /// The shared cookie secret: read (or created) in Redis once, then kept.
     /// Without Redis this instance signs with a secret of its own, which the
     /// other instances do not accept; that is logged, not an error.

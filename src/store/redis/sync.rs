@@ -200,6 +200,9 @@ async fn revalidate(shared: &Arc<Shared>, write_back: bool) -> bool {
     if write_back && !shared.bump_versions().await {
         return false;
     }
+    if write_back {
+        shared.write_back_secret().await;
+    }
     for cache in shared.pool_list() {
         let keys: Vec<Box<str>> = cache.map.iter().map(|e| e.key().clone()).collect();
         for chunk in keys.chunks(BATCH) {
