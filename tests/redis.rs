@@ -187,8 +187,39 @@ async fn a_redis_outage_loses_nothing() {
         let (c, o) = new_session(&a).await;
         sessions.insert(c, o);
     }
+    // traffic keeps flowing through both instances while Redis dies
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (stop, list) = (stop.clone(), sessions.clone());
+        let addrs = [a.addr("web"), bb.addr("web")];
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (cookie, owner) in &list {
+                    for addr in addrs {
+                        match Client::new(addr)
+                            .get("/", &[("Cookie", &format!("TETHER={cookie}"))])
+                            .await
+                        {
+                            Ok(r) if r.status == 200 && &backend_of(&r) == owner => ok += 1,
+                            _ => failed += 1,
+                        }
+                    }
+                }
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
     drop(redis); // SIGKILL: gone, empty when it comes back
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = traffic.await.unwrap();
+    assert_eq!(
+        failed, 0,
+        "requests failed or moved while Redis died ({ok} fine)"
+    );
+    assert!(ok > 100, "traffic really flowed: {ok}");
     for (cookie, owner) in &sessions {
         for t in [&a, &bb] {
             let start = Instant::now();
