@@ -11,6 +11,8 @@ run: deps
 test: test-deps
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	# tests run the whoami example as a separate process (to freeze and kill it)
+	cargo build --examples
 	cargo test --all-targets
 
 deps:
