@@ -134,7 +134,10 @@ fn populate(members: &[Member], m: usize) -> Box<[u32]> {
 
 fn next_prime(mut n: usize) -> usize {
     fn is_prime(n: usize) -> bool {
-        n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+        n >= 2
+            && (2..)
+                .take_while(|d| d * d <= n)
+                .all(|d| !n.is_multiple_of(d))
     }
     while !is_prime(n) {
         n += 1;
