@@ -5,6 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+// pingora allocates per request; glibc malloc showed up at ~12 % of tether's CPU.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tether", version, about = "Sticky-session L4/L7 reverse proxy")]
 struct Cli {
