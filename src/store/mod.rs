@@ -9,6 +9,7 @@
 //! the shared store (`redis`) keeps the records in Redis behind a local cache.
 
 pub mod memory;
+mod owner;
 mod persist;
 pub mod redis;
 

@@ -17,16 +17,11 @@ use dashmap::mapref::entry::Entry as Slot;
 use dashmap::DashMap;
 
 use super::Shared;
-use crate::store::{Hit, MoveReason, PoolStore, Session, SessionMeta, StoreError};
+use crate::store::owner::Owner;
+use crate::store::{Hit, PoolStore, Session, SessionMeta, StoreError};
 
 /// Who owns a key; replaced whole on every change.
-struct Record {
-    backend: Arc<str>,
-    since: u64,
-    moved_from: Option<Arc<str>>,
-    move_reason: Option<MoveReason>,
-    home: Option<Arc<str>>,
-}
+type Record = Owner;
 
 pub(super) struct Entry {
     record: ArcSwap<Record>,
@@ -52,41 +47,11 @@ impl Entry {
     }
 
     fn hit(&self) -> Hit {
-        let record = self.record.load();
-        let moved = match (&record.moved_from, record.move_reason) {
-            (Some(from), Some(reason)) => Some((from.clone(), reason)),
-            _ => None,
-        };
-        Hit {
-            backend: record.backend.clone(),
-            moved,
-            home: record.home.clone(),
-            meta: self.meta.clone(),
-        }
+        self.record.load().hit(&self.meta)
     }
 
     pub(super) fn session(&self) -> Session {
-        let record = self.record.load();
-        Session {
-            backend: record.backend.clone(),
-            since: record.since,
-            last_seen: self.last_seen.load(Relaxed),
-            moved_from: record.moved_from.clone(),
-            move_reason: record.move_reason,
-            home: record.home.clone(),
-        }
-    }
-}
-
-impl From<&Session> for Record {
-    fn from(s: &Session) -> Record {
-        Record {
-            backend: s.backend.clone(),
-            since: s.since,
-            moved_from: s.moved_from.clone(),
-            move_reason: s.move_reason,
-            home: s.home.clone(),
-        }
+        self.record.load().session(self.last_seen.load(Relaxed))
     }
 }
 
@@ -246,14 +211,7 @@ impl PoolStore for MemPool {
 
     async fn take_moved(&self, key: &str, backend: &str) -> Result<bool, StoreError> {
         Ok(self.update(key, 0, |old| {
-            let moved = old.moved_from.is_some() || old.move_reason.is_some();
-            (moved && *old.backend == *backend).then(|| Record {
-                backend: old.backend.clone(),
-                since: old.since,
-                moved_from: None,
-                move_reason: None,
-                home: old.home.clone(),
-            })
+            (old.is_moved() && *old.backend == *backend).then(|| old.taken())
         }))
     }
 

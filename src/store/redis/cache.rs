@@ -17,46 +17,38 @@ use arc_swap::ArcSwap;
 use dashmap::mapref::entry::Entry as Slot;
 use dashmap::DashMap;
 
-use crate::store::{Hit, MoveReason, Session, SessionMeta};
+use crate::store::owner::Owner;
+use crate::store::{Hit, Session, SessionMeta};
 
-/// Who owns a key; replaced whole on every change.
+/// Who owns a key, with where that knowledge came from; replaced whole on every change.
 pub(super) struct Record {
-    pub(super) backend: Arc<str>,
-    since: u64,
-    moved_from: Option<Arc<str>>,
-    move_reason: Option<MoveReason>,
-    home: Option<Arc<str>>,
+    owner: Owner,
     /// Version of the Redis record this is (0: never seen in Redis).
     pub(super) ver: u64,
     /// Changed while Redis was unreachable; any answer from Redis replaces it.
     pub(super) local: bool,
 }
 
+impl std::ops::Deref for Record {
+    type Target = Owner;
+    fn deref(&self) -> &Owner {
+        &self.owner
+    }
+}
+
 impl Record {
     fn new(s: &Session, ver: u64, local: bool) -> Record {
         Record {
-            backend: s.backend.clone(),
-            since: s.since,
-            moved_from: s.moved_from.clone(),
-            move_reason: s.move_reason,
-            home: s.home.clone(),
+            owner: Owner::from(s),
             ver,
             local,
         }
     }
 
-    pub(super) fn is_moved(&self) -> bool {
-        self.moved_from.is_some() || self.move_reason.is_some()
-    }
-
     /// The same owner with the move announced (cleared by `take_moved`).
     pub(super) fn taken(&self) -> Record {
         Record {
-            backend: self.backend.clone(),
-            since: self.since,
-            moved_from: None,
-            move_reason: None,
-            home: self.home.clone(),
+            owner: self.owner.taken(),
             ver: self.ver,
             local: true,
         }
@@ -91,29 +83,11 @@ impl Entry {
     }
 
     fn hit(&self) -> Hit {
-        let record = self.record.load();
-        let moved = match (&record.moved_from, record.move_reason) {
-            (Some(from), Some(reason)) => Some((from.clone(), reason)),
-            _ => None,
-        };
-        Hit {
-            backend: record.backend.clone(),
-            moved,
-            home: record.home.clone(),
-            meta: self.meta.clone(),
-        }
+        self.record.load().hit(&self.meta)
     }
 
     pub(super) fn session(&self) -> Session {
-        let record = self.record.load();
-        Session {
-            backend: record.backend.clone(),
-            since: record.since,
-            last_seen: self.last_seen.load(Relaxed),
-            moved_from: record.moved_from.clone(),
-            move_reason: record.move_reason,
-            home: record.home.clone(),
-        }
+        self.record.load().session(self.last_seen.load(Relaxed))
     }
 }
 
