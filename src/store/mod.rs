@@ -8,6 +8,7 @@
 //! (`memory`) keeps everything in a dashmap and optionally persists it to a file;
 //! the shared store (`redis`) keeps the records in Redis behind a local cache.
 
+mod lru;
 pub mod memory;
 mod owner;
 mod persist;

@@ -8,7 +8,7 @@
 //! that overflows, and frees a batch (1% of `max_sessions`) so that the scan is
 //! paid once per many inserts.
 
-use std::collections::BinaryHeap;
+use crate::store::lru::Oldest;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Weak;
 use std::time::Duration;
@@ -131,24 +131,16 @@ impl Shared {
         let pools = self.pool_list();
         // Max-heap on last_seen holding the `want` oldest idle sessions seen so far;
         // a key is copied only when it enters the heap.
-        let mut oldest: BinaryHeap<(u64, usize, Box<str>)> = BinaryHeap::with_capacity(want + 1);
+        let mut oldest = Oldest::new(want);
         for (i, pool) in pools.iter().enumerate() {
             for item in pool.map.iter() {
-                let entry = item.value();
-                if !entry.is_idle() {
-                    continue;
-                }
-                let seen = entry.last_seen.load(Relaxed);
-                if oldest.len() < want {
-                    oldest.push((seen, i, item.key().clone()));
-                } else if oldest.peek().is_some_and(|top| seen < top.0) {
-                    oldest.pop();
-                    oldest.push((seen, i, item.key().clone()));
+                if item.value().is_idle() {
+                    oldest.offer(item.value().last_seen.load(Relaxed), i, item.key());
                 }
             }
         }
         let mut evicted = 0;
-        for (seen, i, key) in oldest {
+        for (seen, i, key) in oldest.into_vec() {
             // Re-checked under the shard lock: used since the scan means not evicted.
             let unused = |e: &super::pool::Entry| e.is_idle() && e.last_seen.load(Relaxed) <= seen;
             if pools[i].remove_if(self, &key, unused) {

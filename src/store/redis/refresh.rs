@@ -11,7 +11,7 @@
 //! so a busy session costs at most one Redis write per tenth of its TTL. A touch
 //! also returns the current record, which heals a cache that missed a message.
 
-use std::collections::BinaryHeap;
+use crate::store::lru::Oldest;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -98,24 +98,16 @@ impl Shared {
     /// Drop up to `want` idle entries from the cache, least recently seen first.
     fn evict(&self, want: usize) {
         let caches = self.pool_list();
-        let mut oldest: BinaryHeap<(u64, usize, Box<str>)> = BinaryHeap::with_capacity(want + 1);
+        let mut oldest = Oldest::new(want);
         for (i, cache) in caches.iter().enumerate() {
             for item in cache.map.iter() {
-                let entry = item.value();
-                if !entry.is_idle() {
-                    continue;
-                }
-                let seen = entry.last_seen.load(Relaxed);
-                if oldest.len() < want {
-                    oldest.push((seen, i, item.key().clone()));
-                } else if oldest.peek().is_some_and(|top| seen < top.0) {
-                    oldest.pop();
-                    oldest.push((seen, i, item.key().clone()));
+                if item.value().is_idle() {
+                    oldest.offer(item.value().last_seen.load(Relaxed), i, item.key());
                 }
             }
         }
         let mut evicted = 0;
-        for (seen, i, key) in oldest {
+        for (seen, i, key) in oldest.into_vec() {
             let unused = |e: &super::cache::Entry| {
                 e.is_idle() && !e.record().local && e.last_seen.load(Relaxed) <= seen
             };
