@@ -8,11 +8,14 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus::IntGauge;
+
+use crate::config::BackendAddr;
 use tokio::sync::Notify;
 
 /// Monotonic milliseconds since the process started (0 is never a real instant here).
@@ -91,8 +94,13 @@ impl Drop for TunnelGuard {
 
 pub struct BackendRt {
     pub id: Arc<str>,
-    pub addr: SocketAddr,
-    pub weight: u32,
+    /// As configured: an address, or a host name (see `resolve`).
+    configured: ArcSwap<BackendAddr>,
+    /// Where connections go now; `None` while a host name has never resolved.
+    addr: ArcSwapOption<SocketAddr>,
+    weight: AtomicU32,
+    /// Gone from the config by a reload, draining until its sessions move.
+    removed: AtomicBool,
     health: AtomicU8,
     /// `mono_ms()` deadline of a drain; 0 = not draining.
     drain_deadline: AtomicU64,
@@ -110,15 +118,17 @@ pub struct BackendRt {
 impl BackendRt {
     pub fn new(
         id: Arc<str>,
-        addr: SocketAddr,
+        addr: BackendAddr,
         weight: u32,
         upstream_active: IntGauge,
         up_gauge: IntGauge,
     ) -> Self {
         BackendRt {
             id,
-            addr,
-            weight,
+            addr: ArcSwapOption::from(addr.ip().map(Arc::new)),
+            configured: ArcSwap::from_pointee(addr),
+            weight: AtomicU32::new(weight),
+            removed: AtomicBool::new(false),
             health: AtomicU8::new(Health::Unknown as u8),
             drain_deadline: AtomicU64::new(0),
             changed_at: AtomicU64::new(0),
@@ -129,6 +139,51 @@ impl BackendRt {
             tunnels: Mutex::new(HashMap::new()),
             next_tunnel: AtomicU64::new(1),
         }
+    }
+
+    /// Where connections go now (`None`: a host name that never resolved).
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr.load().as_deref().copied()
+    }
+
+    /// The address as written in the config.
+    pub fn configured(&self) -> Arc<BackendAddr> {
+        self.configured.load_full()
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Acquire)
+    }
+
+    /// Apply a reload's address and weight. Returns whether anything changed.
+    /// A changed host name keeps the last resolved address until it resolves.
+    pub fn reconfigure(&self, addr: &BackendAddr, weight: u32) -> bool {
+        let mut changed = self.weight.swap(weight, Ordering::AcqRel) != weight;
+        if **self.configured.load() != *addr {
+            self.configured.store(Arc::new(addr.clone()));
+            if let Some(ip) = addr.ip() {
+                self.addr.store(Some(Arc::new(ip)));
+            }
+            changed = true;
+        }
+        changed
+    }
+
+    /// A resolution of the configured host name; true when the address changed.
+    pub fn set_resolved(&self, to: SocketAddr) -> bool {
+        if self.addr() == Some(to) {
+            return false;
+        }
+        self.addr.store(Some(Arc::new(to)));
+        true
+    }
+
+    pub fn removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    pub fn set_removed(&self, removed: bool) {
+        self.removed.store(removed, Ordering::Release);
     }
 
     pub fn health(&self) -> Health {
@@ -214,6 +269,7 @@ impl BackendRt {
     pub fn state(&self) -> &'static str {
         match self.health() {
             Health::Down => "down",
+            _ if self.removed() => "removed",
             _ if self.draining() => "draining",
             h => h.as_str(),
         }

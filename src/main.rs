@@ -84,10 +84,11 @@ fn main() -> ExitCode {
         },
         None => {
             init_logs(cli.log_format);
-            if cli.upgrade {
-                tracing::error!("--upgrade (zero-downtime binary upgrade) is not implemented yet");
-                return ExitCode::from(2);
+            if let LogFormat::Json = cli.log_format {
+                tether::runtime::set_log_format("json");
             }
+            // Before anything can change the directory: SIGUSR2 re-runs this path.
+            tether::upgrade::remember_start();
             let snap = match tether::config::load(&cli.config) {
                 Ok(s) => s,
                 Err(errs) => {
@@ -95,7 +96,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match tether::runtime::run(cli.config, snap) {
+            match tether::runtime::run(cli.config, snap, cli.upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // RunError already names its cause: {:#} would repeat it.

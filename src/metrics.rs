@@ -27,6 +27,8 @@ pub struct Metrics {
     pub session_moves: IntCounterVec,
     pub health_checks: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    /// `tether_backend_resolutions_total{pool,backend,result}`: host-name lookups of backends.
+    pub backend_resolutions: IntCounterVec,
     pub store_up: IntGaugeVec,
     pub store_operations: IntCounterVec,
     /// `tether_store_op_seconds{store,op}`: latency of store round trips.
@@ -130,6 +132,12 @@ impl Metrics {
                 &r,
                 "health_checks_total",
                 "Health check results",
+                &["pool", "backend", "result"],
+            ),
+            backend_resolutions: counter(
+                &r,
+                "backend_resolutions_total",
+                "Host-name lookups of backends (result ok, changed or error)",
                 &["pool", "backend", "result"],
             ),
             config_reloads: counter(

@@ -8,26 +8,33 @@ pub mod operator;
 mod routes;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use arc_swap::ArcSwap;
+
 use crate::metrics::Metrics;
-use crate::pool::PoolRt;
+use crate::runtime::reload::{Outcome, ReloadRequest, Trigger};
+use crate::runtime::Live;
 use crate::store::Store;
 
 /// What the admin API can see and act on.
 pub struct AdminState {
-    pub pools: Vec<Arc<PoolRt>>,
+    /// The pools and config in force (replaced by each reload).
+    pub live: Arc<ArcSwap<Live>>,
     pub metrics: Arc<Metrics>,
     /// Where operator state (drains) is shared with other instances.
     pub store: Arc<dyn Store>,
-    pub token: Option<Arc<str>>,
     /// Set once shutdown starts: `/api/ping` stops answering ok.
     pub stopping: AtomicBool,
+    /// The runtime's one reload path (`POST /api/reload`).
+    pub reload: tokio::sync::mpsc::Sender<ReloadRequest>,
+    /// The outcome of the last reload, whatever triggered it (`GET /api/reload`).
+    pub last_reload: Arc<Mutex<Option<Outcome>>>,
 }
 
 pub struct AdminApp {
@@ -64,7 +71,8 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl AdminApp {
     fn authorized(&self, session: &ServerSession) -> bool {
-        let Some(token) = &self.state.token else {
+        let live = self.state.live.load();
+        let Some(token) = &live.snapshot.admin.token else {
             return true;
         };
         let presented = session
@@ -123,19 +131,62 @@ impl ServeHttp for AdminApp {
                 json(StatusCode::OK, serde_json::json!({ "status": "ok" }))
             };
         }
+        if path == "/api/reload" {
+            return self.reload(&method).await;
+        }
         routes::api(&self.state, &method, &path, &body).await
     }
 }
 
 impl AdminApp {
+    /// `POST /api/reload`: 200 with the summary, or 400 with the errors (the
+    /// old config keeps running). `GET`: the last reload's outcome.
+    async fn reload(&self, method: &Method) -> Response<Vec<u8>> {
+        match *method {
+            Method::POST => {}
+            Method::GET => {
+                let last = self
+                    .state
+                    .last_reload
+                    .lock()
+                    .map(|l| l.clone())
+                    .unwrap_or_default();
+                return match last {
+                    Some(o) => json(StatusCode::OK, o.to_json()),
+                    None => json(StatusCode::OK, serde_json::json!({ "result": "none" })),
+                };
+            }
+            _ => {
+                return error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("{method} not allowed on /api/reload"),
+                )
+            }
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let req = ReloadRequest {
+            trigger: Trigger::Api,
+            reply: Some(tx),
+        };
+        if self.state.reload.send(req).await.is_err() {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "shutting down: no reload");
+        }
+        match rx.await {
+            Ok(o) if o.ok() => json(StatusCode::OK, o.to_json()),
+            Ok(o) => json(StatusCode::BAD_REQUEST, o.to_json()),
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down: no reload"),
+        }
+    }
+
     fn metrics(&self) -> Response<Vec<u8>> {
-        for pool in &self.state.pools {
-            for b in &pool.backends {
+        let live = self.state.live.load();
+        for pool in &live.pools {
+            for b in pool.view().backends.iter() {
                 let n = pool.store.sessions_of(&b.id);
                 self.state
                     .metrics
                     .sessions
-                    .with_label_values(&[&*pool.cfg.name, &*b.id])
+                    .with_label_values(&[&*pool.name, &*b.id])
                     .set(n as i64);
             }
         }

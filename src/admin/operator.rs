@@ -10,36 +10,35 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
-use crate::pool::PoolRt;
+use crate::pool::{BackendRt, PoolRt};
+use crate::runtime::Live;
 use crate::store::{now_ms, OperatorEvent, Store};
 
-fn find<'a>(
-    pools: &'a [Arc<PoolRt>],
-    pool: &str,
-    backend: &str,
-) -> Option<(&'a Arc<PoolRt>, usize)> {
-    let p = pools.iter().find(|p| &*p.cfg.name == pool)?;
-    Some((p, p.backend_index(backend)?))
+fn find(live: &Live, pool: &str, backend: &str) -> Option<(Arc<PoolRt>, Arc<BackendRt>)> {
+    let p = live.pool(pool)?;
+    let b = p.backend(backend).filter(|b| !b.removed())?;
+    Some((p, b))
 }
 
-fn apply(pools: &[Arc<PoolRt>], ev: &OperatorEvent) {
+fn apply(live: &Live, ev: &OperatorEvent) {
     match ev {
         OperatorEvent::Drain {
             pool,
             backend,
             deadline_unix_ms,
         } => {
-            if let Some((p, i)) = find(pools, pool, backend) {
+            if let Some((p, b)) = find(live, pool, backend) {
                 let left = Duration::from_millis(deadline_unix_ms.saturating_sub(now_ms()));
-                p.drain(i, left);
+                p.drain(&b, left);
             }
         }
         OperatorEvent::Enable { pool, backend } => {
-            if let Some((p, i)) = find(pools, pool, backend) {
-                p.enable(i);
+            if let Some((p, b)) = find(live, pool, backend) {
+                p.enable(&b);
             }
         }
     }
@@ -47,15 +46,16 @@ fn apply(pools: &[Arc<PoolRt>], ev: &OperatorEvent) {
 
 /// Apply the store's current drains, then follow other instances' changes
 /// until the returned task is aborted. `None` when the store is not shared.
-pub async fn follow(store: Arc<dyn Store>, pools: Vec<Arc<PoolRt>>) -> Option<JoinHandle<()>> {
+/// Events name pools and backends, looked up in whatever config is live then.
+pub async fn follow(store: Arc<dyn Store>, live: Arc<ArcSwap<Live>>) -> Option<JoinHandle<()>> {
     // Subscribe before reading, so nothing between the two is missed.
     let mut rx = store.operator_events()?;
-    let resync = |store: Arc<dyn Store>, pools: Vec<Arc<PoolRt>>| async move {
+    let resync = |store: Arc<dyn Store>, live: Arc<ArcSwap<Live>>| async move {
         match store.drains().await {
             Ok(list) => {
                 for (pool, backend, deadline_unix_ms) in list {
                     apply(
-                        &pools,
+                        &live.load(),
                         &OperatorEvent::Drain {
                             pool,
                             backend,
@@ -67,13 +67,13 @@ pub async fn follow(store: Arc<dyn Store>, pools: Vec<Arc<PoolRt>>) -> Option<Jo
             Err(e) => tracing::warn!(error = %e, "reading shared drains"),
         }
     };
-    resync(store.clone(), pools.clone()).await;
+    resync(store.clone(), live.clone()).await;
     Some(tokio::spawn(async move {
         loop {
             match rx.recv().await {
-                Ok(ev) => apply(&pools, &ev),
+                Ok(ev) => apply(&live.load(), &ev),
                 // Missed events: the store holds the truth.
-                Err(RecvError::Lagged(_)) => resync(store.clone(), pools.clone()).await,
+                Err(RecvError::Lagged(_)) => resync(store.clone(), live.clone()).await,
                 Err(RecvError::Closed) => return,
             }
         }
@@ -81,24 +81,18 @@ pub async fn follow(store: Arc<dyn Store>, pools: Vec<Arc<PoolRt>>) -> Option<Jo
 }
 
 /// Drain through the admin API: locally now, and for every other instance.
-pub async fn drain(store: &dyn Store, pool: &Arc<PoolRt>, idx: usize, deadline: Duration) {
-    pool.drain(idx, deadline);
+pub async fn drain(store: &dyn Store, pool: &Arc<PoolRt>, b: &Arc<BackendRt>, deadline: Duration) {
+    pool.drain(b, deadline);
     let at = now_ms() + deadline.as_millis() as u64;
-    if let Err(e) = store
-        .set_drain(&pool.cfg.name, &pool.backends[idx].id, Some(at))
-        .await
-    {
-        tracing::error!(pool = %pool.cfg.name, backend = %pool.backends[idx].id, error = %e, "sharing the drain");
+    if let Err(e) = store.set_drain(&pool.name, &b.id, Some(at)).await {
+        tracing::error!(pool = %pool.name, backend = %b.id, error = %e, "sharing the drain");
     }
 }
 
 /// Enable through the admin API: locally now, and for every other instance.
-pub async fn enable(store: &dyn Store, pool: &PoolRt, idx: usize) {
-    pool.enable(idx);
-    if let Err(e) = store
-        .set_drain(&pool.cfg.name, &pool.backends[idx].id, None)
-        .await
-    {
-        tracing::error!(pool = %pool.cfg.name, backend = %pool.backends[idx].id, error = %e, "sharing the enable");
+pub async fn enable(store: &dyn Store, pool: &PoolRt, b: &BackendRt) {
+    pool.enable(b);
+    if let Err(e) = store.set_drain(&pool.name, &b.id, None).await {
+        tracing::error!(pool = %pool.name, backend = %b.id, error = %e, "sharing the enable");
     }
 }

@@ -17,13 +17,13 @@ pub(super) async fn api(
     match (method, parts.as_slice()) {
         (&Method::GET, ["api", "pools"]) => json(StatusCode::OK, pools(state)),
         (m, ["api", "pools", pool, "sessions", key]) => {
-            let Some(pool) = state.pools.iter().find(|p| &*p.cfg.name == *pool) else {
+            let Some(pool) = state.live.load().pool(pool) else {
                 return error(StatusCode::NOT_FOUND, format!("no pool {pool}"));
             };
             let Ok(key) = percent_decode_str(key).decode_utf8() else {
                 return error(StatusCode::BAD_REQUEST, "session key is not valid UTF-8");
             };
-            session(pool, m, &key).await
+            session(&pool, m, &key).await
         }
         (&Method::POST, ["api", "pools", pool, "backends", id, action]) => {
             backend_action(state, pool, id, action, body).await
@@ -38,17 +38,21 @@ pub(super) async fn api(
 
 fn pools(state: &AdminState) -> serde_json::Value {
     let pools: Vec<_> = state
+        .live
+        .load()
         .pools
         .iter()
         .map(|p| {
             let backends: Vec<_> = p
+                .view()
                 .backends
                 .iter()
                 .map(|b| {
                     json!({
                         "id": &*b.id,
-                        "addr": b.addr.to_string(),
-                        "weight": b.weight,
+                        "addr": b.addr().map(|a| a.to_string()),
+                        "configured": b.configured().to_string(),
+                        "weight": b.weight(),
                         "state": b.state(),
                         "health": b.health().as_str(),
                         "sessions": p.store.sessions_of(&b.id),
@@ -56,7 +60,7 @@ fn pools(state: &AdminState) -> serde_json::Value {
                     })
                 })
                 .collect();
-            json!({ "name": &*p.cfg.name, "sessions": p.store.len(), "backends": backends })
+            json!({ "name": &*p.name, "sessions": p.store.len(), "backends": backends })
         })
         .collect();
     json!({ "pools": pools })
@@ -67,11 +71,11 @@ async fn session(pool: &PoolRt, method: &Method, key: &str) -> Response<Vec<u8>>
         Method::GET => match pool.store.get(key).await {
             Ok(Some(s)) => json(
                 StatusCode::OK,
-                json!({ "pool": &*pool.cfg.name, "key": key, "session": s }),
+                json!({ "pool": &*pool.name, "key": key, "session": s }),
             ),
             Ok(None) => error(
                 StatusCode::NOT_FOUND,
-                format!("no session {key} in pool {}", pool.cfg.name),
+                format!("no session {key} in pool {}", pool.name),
             ),
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         },
@@ -82,7 +86,7 @@ async fn session(pool: &PoolRt, method: &Method, key: &str) -> Response<Vec<u8>>
                 .unwrap_or_default(),
             Ok(false) => error(
                 StatusCode::NOT_FOUND,
-                format!("no session {key} in pool {}", pool.cfg.name),
+                format!("no session {key} in pool {}", pool.name),
             ),
             Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         },
@@ -101,33 +105,33 @@ async fn backend_action(
     action: &str,
     body: &[u8],
 ) -> Response<Vec<u8>> {
-    let Some(pool) = state.pools.iter().find(|p| &*p.cfg.name == pool) else {
+    let Some(pool) = state.live.load().pool(pool) else {
         return error(StatusCode::NOT_FOUND, format!("no pool {pool}"));
     };
-    let Some(idx) = pool.backend_index(id) else {
+    let Some(b) = pool.backend(id).filter(|b| !b.removed()) else {
         return error(
             StatusCode::NOT_FOUND,
-            format!("no backend {id} in pool {}", pool.cfg.name),
+            format!("no backend {id} in pool {}", pool.name),
         );
     };
     match action {
         "enable" => {
-            super::operator::enable(&*state.store, pool, idx).await;
+            super::operator::enable(&*state.store, &pool, &b).await;
             json(
                 StatusCode::OK,
-                json!({ "pool": &*pool.cfg.name, "backend": id, "state": pool.backends[idx].state() }),
+                json!({ "pool": &*pool.name, "backend": id, "state": b.state() }),
             )
         }
         "drain" => {
             let deadline = match drain_deadline(body) {
-                Ok(d) => d.unwrap_or(pool.cfg.drain_timeout),
+                Ok(d) => d.unwrap_or(pool.cfg().drain_timeout),
                 Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
             };
-            super::operator::drain(&*state.store, pool, idx, deadline).await;
+            super::operator::drain(&*state.store, &pool, &b, deadline).await;
             json(
                 StatusCode::ACCEPTED,
                 json!({
-                    "pool": &*pool.cfg.name,
+                    "pool": &*pool.name,
                     "backend": id,
                     "state": "draining",
                     "deadline": humantime::format_duration(deadline).to_string(),

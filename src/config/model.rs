@@ -160,6 +160,8 @@ pub struct Pool {
     pub on_backend_down: OnBackendDown,
     pub failback: Failback,
     pub drain_timeout: Duration,
+    /// Backends named by host name are resolved again this often.
+    pub resolve_interval: Duration,
     /// A drained-out backend's live connections close spread over this window
     /// (HAProxy's close-spread-time), so clients do not all reconnect at once.
     pub close_spread: Duration,
@@ -270,9 +272,36 @@ impl Default for Passive {
 pub struct Backend {
     /// The backend's identity: sessions are stored against it.
     pub id: Arc<str>,
-    pub addr: SocketAddr,
+    pub addr: BackendAddr,
     /// >= 1 (pingora's ketama panics on 0).
     pub weight: u32,
+}
+
+/// Where a backend listens: an address, or a host name resolved at load and
+/// again every `resolve_interval` (the system resolver: /etc/hosts, DNS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendAddr {
+    Ip(SocketAddr),
+    Name { host: Arc<str>, port: u16 },
+}
+
+impl BackendAddr {
+    /// The literal address; `None` for a name that needs resolving.
+    pub fn ip(&self) -> Option<SocketAddr> {
+        match self {
+            BackendAddr::Ip(a) => Some(*a),
+            BackendAddr::Name { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendAddr::Ip(a) => write!(f, "{a}"),
+            BackendAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
 }
 
 /// PROXY protocol versions: v1 is text, v2 binary.

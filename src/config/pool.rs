@@ -39,6 +39,13 @@ pub(crate) fn pool(r: &mut Report, path: &KeyPath, name: &str, value: &Value) ->
         CLOSE_SPREAD,
         Zero::Allowed,
     );
+    let resolve_interval = values::duration(
+        r,
+        &path.key("resolve_interval"),
+        raw.resolve_interval.as_ref(),
+        RESOLVE_INTERVAL,
+        Zero::Rejected,
+    );
     let t = raw.timeouts.unwrap_or_default();
     let tp = path.key("timeouts");
     let timeouts = PoolTimeouts {
@@ -81,6 +88,7 @@ pub(crate) fn pool(r: &mut Report, path: &KeyPath, name: &str, value: &Value) ->
         },
         drain_timeout,
         close_spread,
+        resolve_interval,
         timeouts,
         health,
         notify,
@@ -396,7 +404,7 @@ fn backends(r: &mut Report, path: &KeyPath, value: Option<&Value>) -> Vec<Backen
         } else {
             seen.insert(id.to_owned(), idp);
         }
-        let addr = values::socket_addr(r, &bp.key("addr"), &raw.addr);
+        let addr = values::backend_addr(r, &bp.key("addr"), &raw.addr);
         let weight = raw.weight.unwrap_or(WEIGHT);
         if weight == 0 {
             r.err(&bp.key("weight"), "weight must be >= 1");

@@ -48,6 +48,8 @@ pub(crate) const SENTINEL_PORT: u16 = 26379;
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// `pools.*.close_spread`: a drained-out backend's live connections close over this window.
 pub(crate) const CLOSE_SPREAD: Duration = Duration::from_secs(5);
+/// `pools.*.resolve_interval`: backends named by host name are resolved again this often.
+pub(crate) const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 /// `pools.*.timeouts.connect`.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// `pools.*.timeouts.response_header`.
@@ -193,6 +195,7 @@ pub(crate) struct RawPool {
     pub failback: Option<RawFailback>,
     pub drain_timeout: Option<Scalar>,
     pub close_spread: Option<Scalar>,
+    pub resolve_interval: Option<Scalar>,
     pub timeouts: Option<RawPoolTimeouts>,
     pub health: Option<RawHealth>,
     pub notify: Option<RawNotify>,

@@ -13,6 +13,7 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 use super::error::Report;
 use super::locate::KeyPath;
+use super::model::BackendAddr;
 
 /// Any YAML scalar (string, number or bool) as its text, so `id: 7` or
 /// `interval: 5` reach our own converters and get our own messages.
@@ -120,6 +121,61 @@ pub(crate) fn socket_addr(r: &mut Report, path: &KeyPath, raw: &Scalar) -> Optio
     };
     r.err(path, message);
     None
+}
+
+/// A backend address: `ip:port`, or `host:port` with a DNS host name.
+pub(crate) fn backend_addr(r: &mut Report, path: &KeyPath, raw: &Scalar) -> Option<BackendAddr> {
+    let text = raw.as_str().trim();
+    let named = text
+        .rsplit_once(':')
+        .filter(|(host, _)| host.parse::<IpAddr>().is_err() && !host.starts_with('['));
+    let Some((host, port)) = named else {
+        return socket_addr(r, path, raw).map(BackendAddr::Ip);
+    };
+    if let Some(problem) = host_problem(host) {
+        r.err(path, format!("`{text}`: `{host}` {problem}"));
+        return None;
+    }
+    match port.parse::<u16>() {
+        Ok(0) => r.err(path, format!("`{text}`: a backend's port cannot be 0")),
+        Ok(port) => {
+            return Some(BackendAddr::Name {
+                host: host.to_ascii_lowercase().into(),
+                port,
+            })
+        }
+        Err(_) => r.err(
+            path,
+            format!("`{text}` has an invalid port `{port}` (must be 1-65535)"),
+        ),
+    }
+    None
+}
+
+/// Why `host` is not a DNS host name (RFC 1123 labels), if it is not.
+fn host_problem(host: &str) -> Option<&'static str> {
+    if host.is_empty() {
+        return Some("is empty: write host:port");
+    }
+    if host.len() > 253 {
+        return Some("is too long for a host name (253 characters at most)");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Some("is not a valid IP address");
+    }
+    if host.split('.').all(label_ok) {
+        None
+    } else {
+        Some("is neither an IP address nor a valid host name")
+    }
 }
 
 /// A CIDR (`10.0.0.0/8`, `fd00::/8`); a bare address means just that host.

@@ -34,6 +34,8 @@ pub enum ProbeError {
     BadStatus(u16),
     #[error("bad response: {0}")]
     BadResponse(String),
+    #[error("host name not resolved")]
+    Unresolved,
 }
 
 /// Probe `addr` once as `kind` says, within `timeout`. `HealthKind::None` passes.

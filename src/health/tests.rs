@@ -101,9 +101,13 @@ fn checks(m: &Metrics, backend: &str, result: &str) -> u64 {
         .get()
 }
 
+fn be(pool: &PoolRt, idx: usize) -> Arc<BackendRt> {
+    pool.view().backends[idx].clone()
+}
+
 async fn wait_for(pool: &PoolRt, idx: usize, h: Health, within: Duration) {
     let end = Instant::now() + within;
-    while pool.backends[idx].health() != h {
+    while be(pool, idx).health() != h {
         assert!(
             Instant::now() < end,
             "backend {idx} not {h:?} within {within:?}"
@@ -117,13 +121,17 @@ async fn first_round_decides_every_backend_within_the_timeout() {
     let up = endpoint().await;
     let addrs = [up.addr, refused().await, silent().await];
     let (pool, m) = pool("{ interval: 1s, timeout: 200ms, rise: 3, fall: 3 }", &addrs);
-    assert!(pool.backends.iter().all(|b| b.health() == Health::Unknown));
+    assert!(pool
+        .view()
+        .backends
+        .iter()
+        .all(|b| b.health() == Health::Unknown));
     let start = Instant::now();
     first_round(&pool, &m).await;
     let took = start.elapsed();
     assert!(took < Duration::from_millis(600), "took {took:?}");
     // One result decides, whatever rise and fall say.
-    let states: Vec<_> = pool.backends.iter().map(|b| b.health()).collect();
+    let states: Vec<_> = pool.view().backends.iter().map(|b| b.health()).collect();
     assert_eq!(states, [Health::Up, Health::Down, Health::Down]);
     assert_eq!(checks(&m, "b0", "pass"), 1);
     assert_eq!(checks(&m, "b1", "fail"), 1);
@@ -131,7 +139,7 @@ async fn first_round_decides_every_backend_within_the_timeout() {
 }
 
 #[tokio::test]
-async fn loops_follow_rise_and_fall_and_abort_stops_them() {
+async fn loops_follow_rise_and_fall_and_dropping_stops_them() {
     let a = endpoint().await;
     let b = endpoint().await;
     let (pool, m) = pool(
@@ -139,13 +147,13 @@ async fn loops_follow_rise_and_fall_and_abort_stops_them() {
         &[a.addr, b.addr],
     );
     first_round(&pool, &m).await;
-    assert_eq!(pool.backends[0].health(), Health::Up);
-    let handle = spawn(pool.clone(), m.clone());
+    assert_eq!(be(&pool, 0).health(), Health::Up);
+    let checks_rt = Checks::start(pool.clone(), m.clone());
 
     a.ok.store(false, Ordering::SeqCst);
     wait_for(&pool, 0, Health::Down, Duration::from_secs(2)).await;
     assert!(checks(&m, "b0", "fail") >= 2);
-    assert_eq!(pool.backends[1].health(), Health::Up, "b1 is untouched");
+    assert_eq!(be(&pool, 1).health(), Health::Up, "b1 is untouched");
 
     // Read while b0 fails, so every pass counted from here is part of the rise.
     let passes = checks(&m, "b0", "pass");
@@ -155,13 +163,12 @@ async fn loops_follow_rise_and_fall_and_abort_stops_them() {
 
     // A passive mark-down between probes needs `rise` passes to undo.
     let passes = checks(&m, "b1", "pass");
-    pool.mark_health(1, Health::Down, "test");
+    pool.mark_health(&be(&pool, 1), Health::Down, "test");
     wait_for(&pool, 1, Health::Up, Duration::from_secs(2)).await;
     // rise 3; a probe in flight across the mark may count without being seen here.
     assert!(checks(&m, "b1", "pass") >= passes + 2, "rise after passive");
 
-    handle.abort();
-    assert!(handle.await.unwrap_err().is_cancelled());
+    drop(checks_rt);
     // Let in-flight probes finish, then nothing may arrive any more.
     tokio::time::sleep(Duration::from_millis(60)).await;
     let hits = (a.hits.load(Ordering::SeqCst), b.hits.load(Ordering::SeqCst));
@@ -176,18 +183,36 @@ async fn loops_follow_rise_and_fall_and_abort_stops_them() {
 #[tokio::test]
 async fn kind_none_probes_nothing() {
     let (pool, m) = pool("{ kind: none }", &[refused().await]);
-    assert_eq!(
-        pool.backends[0].health(),
-        Health::Up,
-        "trusted from the start"
-    );
+    assert_eq!(be(&pool, 0).health(), Health::Up, "trusted from the start");
     first_round(&pool, &m).await;
-    tokio::time::timeout(Duration::from_secs(1), spawn(pool.clone(), m.clone()))
-        .await
-        .expect("the task ends at once")
-        .unwrap();
-    assert_eq!(pool.backends[0].health(), Health::Up);
+    let _checks = Checks::start(pool.clone(), m.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(be(&pool, 0).health(), Health::Up);
     assert_eq!(checks(&m, "b0", "fail"), 0);
+}
+
+#[tokio::test]
+async fn a_reload_starts_and_stops_loops_with_the_backends() {
+    let a = endpoint().await;
+    let b = endpoint().await;
+    let health = "{ kind: http, interval: 10s, timeout: 200ms, rise: 1, fall: 1 }";
+    let (pool, m) = pool(health, &[a.addr]);
+    first_round(&pool, &m).await;
+    let c = Checks::start(pool.clone(), m.clone());
+    let (bigger, _) = self::pool(health, &[a.addr, b.addr]);
+    pool.reconfigure(bigger.cfg().as_ref().clone());
+    assert_eq!(
+        be(&pool, 1).health(),
+        Health::Unknown,
+        "no session before its first check"
+    );
+    c.sync(true);
+    // Probed at once, not after the 10 s interval.
+    wait_for(&pool, 1, Health::Up, Duration::from_secs(2)).await;
+    let (smaller, _) = self::pool(health, &[a.addr]);
+    pool.reconfigure(smaller.cfg().as_ref().clone());
+    assert!(be(&pool, 1).removed(), "kept while it drains");
+    assert_eq!(be(&pool, 1).state(), "removed");
 }
 
 #[test]

@@ -108,7 +108,7 @@ async fn session(
         Some(k) => match l.pool.route(k).await {
             Ok(d) => d,
             Err(e) => {
-                tracing::error!(pool = %l.pool.cfg.name, error = %e, "affinity store failed");
+                tracing::error!(pool = %l.pool.name, error = %e, "affinity store failed");
                 return;
             }
         },
@@ -133,7 +133,7 @@ async fn session(
         .as_deref()
         .map_or_else(rand::random, |k| hash_key(k.as_bytes()));
     // The PROXY header is the first thing on the wire, before any TLS to the backend.
-    let header = match l.pool.cfg.send_proxy {
+    let header = match l.pool.cfg().send_proxy {
         Some(v) => proxy_proto::encode(v, addr.src, local.unwrap_or(l.cfg.bind)),
         None => Vec::new(),
     };
@@ -187,24 +187,27 @@ async fn connect(
     let mut b = first;
     let mut tried = Vec::with_capacity(MAX_RETRIES + 1);
     loop {
-        let idx = pool.backends.iter().position(|x| Arc::ptr_eq(x, &b))?;
-        let limit = pool.cfg.timeouts.connect;
-        let tls = pool.cfg.tls.as_ref();
-        let why = match client::connect_with(b.addr, limit, tls, preamble).await {
-            Ok(s) => {
-                b.passive_success();
-                return Some((b, s));
-            }
-            Err(e) => e.to_string(),
+        let cfg = pool.cfg();
+        let limit = cfg.timeouts.connect;
+        let why = match b.addr() {
+            None => "host name not resolved".to_owned(),
+            Some(addr) => match client::connect_with(addr, limit, cfg.tls.as_ref(), preamble).await
+            {
+                Ok(s) => {
+                    b.passive_success();
+                    return Some((b, s));
+                }
+                Err(e) => e.to_string(),
+            },
         };
-        tracing::debug!(pool = %pool.cfg.name, backend = %b.id, error = %why, "tcp connect failed");
-        if pool.passive_enabled() && b.passive_failure(pool.cfg.health.fall) {
-            pool.mark_health(idx, Health::Down, "connect failed");
+        tracing::debug!(pool = %pool.name, backend = %b.id, error = %why, "tcp connect failed");
+        if pool.passive_enabled() && b.passive_failure(cfg.health.fall) {
+            pool.mark_health(&b, Health::Down, "connect failed");
         }
-        tried.push(idx);
+        tried.push(b);
         if tried.len() > MAX_RETRIES {
             return None;
         }
-        b = pool.backends[pool.pick_alternative(key_hash, &tried)?].clone();
+        b = pool.pick_alternative(key_hash, &tried)?.1;
     }
 }

@@ -11,6 +11,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -30,11 +32,13 @@ use crate::pool::{BackendRt, Decision, Health};
 use crate::store::{LiveGuard, MoveReason};
 
 pub struct Router {
-    pub listener: Arc<ListenerRt>,
+    /// The listener's current runtime, replaced whole by a reload; each
+    /// request takes the one current when it starts.
+    pub listener: Arc<ArcSwap<ListenerRt>>,
 }
 
-#[derive(Default)]
 pub struct Ctx {
+    l: Arc<ListenerRt>,
     conn: Option<Arc<ConnInfo>>,
     start: Option<Instant>,
     /// `X-Tether-Session` value (the session key), when the request has one.
@@ -47,7 +51,7 @@ pub struct Ctx {
     upgrade: bool,
     upstream_counted: bool,
     /// Backends that failed this request before answering (retries go elsewhere).
-    tried: Vec<usize>,
+    tried: Vec<Arc<BackendRt>>,
     got_response: bool,
 }
 
@@ -94,9 +98,9 @@ fn raw_has_content_length(session: &Session) -> bool {
 impl Router {
     /// The client's address: the peer, or the first untrusted hop of
     /// `X-Forwarded-For` when the peer is a trusted proxy.
-    fn client_ip(&self, req: &RequestHeader, peer: Option<IpAddr>) -> Option<IpAddr> {
+    fn client_ip(l: &ListenerRt, req: &RequestHeader, peer: Option<IpAddr>) -> Option<IpAddr> {
         let peer = peer?;
-        if !self.listener.is_trusted(peer) {
+        if !l.is_trusted(peer) {
             return Some(peer);
         }
         let mut last = peer;
@@ -104,7 +108,7 @@ impl Router {
             let Ok(s) = v.to_str() else { break };
             for hop in s.rsplit(',') {
                 match hop.trim().parse::<IpAddr>() {
-                    Ok(ip) if self.listener.is_trusted(ip) => last = ip,
+                    Ok(ip) if l.is_trusted(ip) => last = ip,
                     Ok(ip) => return Some(ip),
                     Err(_) => return Some(last),
                 }
@@ -139,7 +143,7 @@ impl Router {
 
     /// Find the key and decide the backend. `Ok(true)`: answered already.
     async fn decide(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let l = &self.listener;
+        let l = ctx.l.clone();
         let req = session.req_header();
         let mut key: Option<&str> = None;
         // A store hit found while checking the cookie, reused as the decision.
@@ -221,7 +225,7 @@ impl Router {
         let decision = match l.pool.route(key).await {
             Ok(d) => d,
             Err(e) => {
-                tracing::error!(pool = %l.pool.cfg.name, error = %e, "affinity store failed");
+                tracing::error!(pool = %l.pool.name, error = %e, "affinity store failed");
                 return answer(session, 503, &[("retry-after", "1")]).await;
             }
         };
@@ -230,27 +234,26 @@ impl Router {
 
     /// Count a passive failure of the current backend; `fall` of them in a row mark it down.
     fn passive_failure(&self, ctx: &Ctx, why: &'static str) {
-        let pool = &self.listener.pool;
-        if let Some((i, b)) = &ctx.backend {
-            if pool.passive_enabled() && b.passive_failure(pool.cfg.health.fall) {
-                pool.mark_health(*i, Health::Down, why);
+        let pool = &ctx.l.pool;
+        if let Some((_, b)) = &ctx.backend {
+            if pool.passive_enabled() && b.passive_failure(pool.cfg().health.fall) {
+                pool.mark_health(b, Health::Down, why);
             }
         }
     }
 
     /// Record the current backend as tried; may the request go elsewhere?
     fn may_retry(&self, ctx: &mut Ctx) -> bool {
-        let Some((i, _)) = ctx.backend else {
+        let Some((_, b)) = &ctx.backend else {
             return false;
         };
-        ctx.tried.push(i);
+        ctx.tried.push(b.clone());
         let h = ctx
             .session
             .as_ref()
             .map(|v| hash_key(v.as_bytes()))
             .unwrap_or(0);
-        ctx.tried.len() <= MAX_RETRIES
-            && self.listener.pool.pick_alternative(h, &ctx.tried).is_some()
+        ctx.tried.len() <= MAX_RETRIES && ctx.l.pool.pick_alternative(h, &ctx.tried).is_some()
     }
 
     /// Spec rule 7: what every request forwarded upstream carries.
@@ -267,7 +270,7 @@ impl Router {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         if let Some(peer) = peer {
-            let trusted = self.listener.is_trusted(peer);
+            let trusted = ctx.l.is_trusted(peer);
             let prior = up
                 .headers
                 .get("x-forwarded-for")
@@ -279,7 +282,7 @@ impl Router {
             };
             up.insert_header("x-forwarded-for", xff)?;
             if !(trusted && up.headers.contains_key("x-forwarded-proto")) {
-                let proto = if self.listener.cfg.protocol.is_tls() {
+                let proto = if ctx.l.cfg.protocol.is_tls() {
                     "https"
                 } else {
                     "http"
@@ -297,15 +300,19 @@ impl Router {
         };
         let mut req = session.req_header().clone();
         self.rewrite_upstream(session, &mut req, ctx)?;
+        let pool_cfg = ctx.l.pool.cfg();
         let t = tunnel::Timeouts {
-            connect: self.listener.pool.cfg.timeouts.connect,
-            response_header: self.listener.pool.cfg.timeouts.response_header,
-            idle: self.listener.cfg.timeouts.idle,
+            connect: pool_cfg.timeouts.connect,
+            response_header: pool_cfg.timeouts.response_header,
+            idle: ctx.l.cfg.timeouts.idle,
+        };
+        let Some(addr) = b.addr() else {
+            return answer(session, 502, &[]).await;
         };
         b.upstream_active.inc();
         let reg = b.register_tunnel();
-        let tls = self.listener.pool.cfg.tls.as_ref();
-        let res = tunnel::websocket(session, b.addr, tls, &req, &t, &reg.ctl).await;
+        let tls = pool_cfg.tls.as_ref();
+        let res = tunnel::websocket(session, addr, tls, &req, &t, &reg.ctl).await;
         drop(reg);
         b.upstream_active.dec();
         match res {
@@ -329,13 +336,7 @@ impl Router {
                 live,
                 moved,
             } => {
-                let idx = self
-                    .listener
-                    .pool
-                    .backends
-                    .iter()
-                    .position(|b| Arc::ptr_eq(b, &backend))
-                    .unwrap_or(0);
+                let idx = ctx.l.pool.view().index_of(&backend).unwrap_or(usize::MAX);
                 ctx.backend = Some((idx, backend));
                 ctx._live = live;
                 ctx.moved = moved;
@@ -351,13 +352,24 @@ impl ProxyHttp for Router {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            l: self.listener.load_full(),
+            conn: None,
             start: Some(Instant::now()),
-            ..Default::default()
+            session: None,
+            backend: None,
+            _live: None,
+            moved: None,
+            set_cookie: None,
+            client_ip: None,
+            upgrade: false,
+            upstream_counted: false,
+            tried: Vec::new(),
+            got_response: false,
         }
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        let idle = Some(self.listener.cfg.timeouts.idle);
+        let idle = Some(ctx.l.cfg.timeouts.idle);
         let down = session.as_downstream_mut();
         // pingora's 60 s default read timeout would cut every quiet WebSocket.
         down.set_read_timeout(idle);
@@ -382,7 +394,7 @@ impl ProxyHttp for Router {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        ctx.client_ip = self.client_ip(session.req_header(), peer);
+        ctx.client_ip = Self::client_ip(&ctx.l, session.req_header(), peer);
         ctx.upgrade = Self::sanitize(session.req_header_mut());
         if self.decide(session, ctx).await? {
             return Ok(true);
@@ -394,7 +406,8 @@ impl ProxyHttp for Router {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let pool = &self.listener.pool;
+        let pool = ctx.l.pool.clone();
+        let pool_cfg = pool.cfg();
         if !ctx.tried.is_empty() {
             // A retry: another live backend for this request only, no re-pin (rule 5).
             let h = ctx
@@ -402,7 +415,7 @@ impl ProxyHttp for Router {
                 .as_ref()
                 .map(|v| hash_key(v.as_bytes()))
                 .unwrap_or_else(rand::random);
-            let Some(i) = pool.pick_alternative(h, &ctx.tried) else {
+            let Some((i, next)) = pool.pick_alternative(h, &ctx.tried) else {
                 return Error::e_explain(
                     ErrorType::ConnectNoRoute,
                     "no other live backend to retry on",
@@ -414,25 +427,28 @@ impl ProxyHttp for Router {
                 }
                 ctx.upstream_counted = false;
             }
-            ctx.backend = Some((i, pool.backends[i].clone()));
+            ctx.backend = Some((i, next));
         }
         let Some((_, b)) = &ctx.backend else {
             return Error::e_explain(ErrorType::InternalError, "no backend decided");
         };
-        let t = &pool.cfg.timeouts;
-        let mut peer = match &pool.cfg.tls {
+        let Some(addr) = b.addr() else {
+            return Error::e_explain(ErrorType::ConnectNoRoute, "backend host name not resolved");
+        };
+        let t = &pool_cfg.timeouts;
+        let mut peer = match &pool_cfg.tls {
             // The SNI is never empty (config): with rustls an empty one turns verification off.
             Some(tls) => {
-                let mut peer = HttpPeer::new(b.addr, true, tls.sni.clone());
+                let mut peer = HttpPeer::new(addr, true, tls.sni.clone());
                 peer.options.verify_cert = tls.verify;
                 peer.options.ca = tls.pingora_ca.clone();
                 peer
             }
-            None => HttpPeer::new(b.addr, false, String::new()),
+            None => HttpPeer::new(addr, false, String::new()),
         };
         peer.options.connection_timeout = Some(t.connect);
         peer.options.read_timeout = Some(t.response_header);
-        peer.options.write_timeout = Some(self.listener.cfg.timeouts.idle);
+        peer.options.write_timeout = Some(ctx.l.cfg.timeouts.idle);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         Ok(Box::new(peer))
     }
@@ -444,14 +460,16 @@ impl ProxyHttp for Router {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(tls), Some((_, b))) = (&self.listener.pool.cfg.tls, &ctx.backend) {
+        if let (Some(tls), Some((_, b))) = (&ctx.l.pool.cfg().tls, &ctx.backend) {
             if matches!(
                 e.etype(),
                 ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError
             ) {
                 crate::tls::client::warn_limited(&format!(
-                    "upstream TLS to backend {} ({}, sni {}) failed: {e}",
-                    b.id, b.addr, tls.sni
+                    "upstream TLS to backend {} ({:?}, sni {}) failed: {e}",
+                    b.id,
+                    b.addr(),
+                    tls.sni
                 ));
             }
         }
@@ -498,7 +516,7 @@ impl ProxyHttp for Router {
     ) -> Result<()> {
         ctx.got_response = true;
         if let Some((_, b)) = &ctx.backend {
-            if resp.status.is_server_error() && self.listener.pool.passive_5xx() {
+            if resp.status.is_server_error() && ctx.l.pool.passive_5xx() {
                 self.passive_failure(ctx, "5xx response");
             } else {
                 b.passive_success();
@@ -539,12 +557,11 @@ impl ProxyHttp for Router {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(v), Key::Cookie(c)) = (ctx.set_cookie.take(), &self.listener.cfg.affinity.key)
-        {
+        if let (Some(v), Key::Cookie(c)) = (ctx.set_cookie.take(), &ctx.l.cfg.affinity.key) {
             let max_age = c.insert.as_ref().map(|i| i.max_age.as_secs()).unwrap_or(0);
             // append, not insert: the backend's own cookies must survive.
             // Secure on TLS listeners: the browser then never sends it in clear.
-            let secure = if self.listener.cfg.protocol.is_tls() {
+            let secure = if ctx.l.cfg.protocol.is_tls() {
                 "; Secure"
             } else {
                 ""
@@ -590,7 +607,7 @@ impl ProxyHttp for Router {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let l = &self.listener;
+        let l = &ctx.l;
         if let Some(c) = &ctx.conn {
             c.request_done();
         }
@@ -602,13 +619,9 @@ impl ProxyHttp for Router {
             l.pool.observe_move(from, *reason);
         }
         if status != 0 {
-            let slot = ctx
-                .backend
-                .as_ref()
-                .map(|(i, _)| *i)
-                .unwrap_or(l.status.len() - 1);
-            if let Some(c) = l.status.get(slot) {
-                c.inc(status);
+            match &ctx.backend {
+                Some((i, b)) => l.count_status(*i, b, status),
+                None => l.own_status.inc(status),
             }
         }
         if let Some(start) = ctx.start {

@@ -14,6 +14,8 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use pingora::apps::{HttpServerApp, HttpServerOptions, ServerApp};
 use pingora::protocols::http::v2::server::default_h2_options;
 use pingora::protocols::http::ServerSession;
@@ -41,10 +43,11 @@ const H2_MAX_LOCAL_RESETS: usize = 128;
 /// The HTTP/2 client connection preface (RFC 9113 3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// pingora's HTTP proxy for listener `l`, with tether's h2 settings.
-pub fn proxy(conf: &Arc<ServerConf>, l: Arc<ListenerRt>) -> HttpProxy<Router> {
-    let (keepalive, header_bytes) = (l.cfg.timeouts.keepalive, l.cfg.max_header_bytes);
-    let mut proxy = http_proxy(conf, Router { listener: l });
+/// pingora's HTTP proxy for the listener in `slot`, with tether's h2
+/// settings taken from its current config (see [`proxy_settings`]).
+pub fn proxy(conf: &Arc<ServerConf>, slot: Arc<ArcSwap<ListenerRt>>) -> HttpProxy<Router> {
+    let (keepalive, header_bytes) = proxy_settings(&slot.load());
+    let mut proxy = http_proxy(conf, Router { listener: slot });
     let mut opts = HttpServerOptions::default();
     // Only connections tether already found to be h2 reach pingora's h2 path,
     // and for plain ones that needs h2c on (TLS ones go by ALPN).
@@ -59,6 +62,11 @@ pub fn proxy(conf: &Arc<ServerConf>, l: Arc<ListenerRt>) -> HttpProxy<Router> {
         .max_local_error_reset_streams(Some(H2_MAX_LOCAL_RESETS));
     proxy.h2_options = Some(h2);
     proxy
+}
+
+/// What [`proxy`] fixes at creation: a reload that changes these needs a new proxy.
+pub fn proxy_settings(l: &ListenerRt) -> (Duration, usize) {
+    (l.cfg.timeouts.keepalive, l.cfg.max_header_bytes)
 }
 
 /// A pingora stream over `tcp` whose digest names `peer` (the PROXY header's

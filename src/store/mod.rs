@@ -193,6 +193,13 @@ pub trait Store: Send + Sync + 'static {
     /// Write everything still buffered (graceful shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
 
+    /// A successor process (`tether --upgrade`) takes over: write everything
+    /// buffered, then never write again (the successor owns the files now).
+    /// Shared stores have nothing to hand over.
+    async fn hand_over(&self) -> Result<(), StoreError> {
+        self.flush().await
+    }
+
     /// Short name for metrics and logs (`embedded`, `redis`).
     fn kind(&self) -> &'static str;
 

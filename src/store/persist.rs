@@ -86,6 +86,8 @@ pub(crate) enum Msg {
     Line(Line<'static>),
     Flush(tokio::sync::oneshot::Sender<Result<(), StoreError>>),
     Compact(tokio::sync::oneshot::Sender<Result<(), StoreError>>),
+    /// Write and fsync what is queued, then write nothing more (a successor owns the files).
+    Retire(tokio::sync::oneshot::Sender<Result<(), StoreError>>),
     Close,
 }
 
@@ -143,6 +145,11 @@ impl Journal {
     /// Everything queued before this call is written and fsynced.
     pub(crate) async fn flush(&self) -> Result<(), StoreError> {
         self.request(Msg::Flush).await
+    }
+
+    /// Everything queued is written and fsynced; nothing is written afterwards.
+    pub(crate) async fn retire(&self) -> Result<(), StoreError> {
+        self.request(Msg::Retire).await
     }
 
     /// Rewrite the snapshot from memory and start a fresh log.

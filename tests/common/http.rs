@@ -76,6 +76,22 @@ impl Client {
         self.raw(req.as_bytes()).await
     }
 
+    /// GET, retried once on a new connection when a reused keep-alive
+    /// connection was closed under it before any answer (RFC 9112 9.3.1: a
+    /// client may retry an idempotent request then; browsers and HTTP
+    /// libraries do). A fresh connection failing is an error.
+    pub async fn get_retrying(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<Response> {
+        let reused = self.conn.is_some();
+        match self.get(path, headers).await {
+            Err(e) if reused && closed_early(&e) => self.get(path, headers).await,
+            r => r,
+        }
+    }
+
     pub async fn request(
         &mut self,
         method: &str,
@@ -117,6 +133,15 @@ impl Client {
         }
         resp
     }
+}
+
+/// The connection ended before an answer started (closed or reset).
+fn closed_early(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        UnexpectedEof | ConnectionReset | BrokenPipe | ConnectionAborted
+    )
 }
 
 pub async fn read_response(c: &mut BufReader<TcpStream>) -> std::io::Result<Response> {

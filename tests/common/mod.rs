@@ -9,6 +9,7 @@ pub mod echo;
 pub mod http;
 pub mod redis;
 pub mod tcp;
+pub mod ws;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -44,7 +45,34 @@ impl Tether {
     }
 
     pub fn spawn(dir: tempfile::TempDir, config: PathBuf) -> Tether {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        Self::spawn_with(dir, config, &[])
+    }
+
+    /// `tether --upgrade` on this one's config: its successor, once ready.
+    pub fn successor(&self) -> Tether {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::spawn_with(dir, self.config.clone(), &["--upgrade"])
+    }
+
+    /// Start with extra command-line arguments.
+    pub fn spawn_with(dir: tempfile::TempDir, config: PathBuf, args: &[&str]) -> Tether {
+        Self::spawn_cmd(
+            dir,
+            config,
+            Command::new(env!("CARGO_BIN_EXE_tether")),
+            args,
+        )
+    }
+
+    /// Start through `cmd` (the tether binary, or a wrapper that execs it).
+    pub fn spawn_cmd(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        mut cmd: Command,
+        args: &[&str],
+    ) -> Tether {
+        let mut child = cmd
+            .args(args)
             .arg("--config")
             .arg(&config)
             .env(

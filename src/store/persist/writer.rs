@@ -98,6 +98,12 @@ impl Writer {
                 Ok(Msg::Compact(reply)) => {
                     let _ = reply.send(self.compact());
                 }
+                Ok(Msg::Retire(reply)) => {
+                    let done = self.sync();
+                    self.retired = true;
+                    tracing::info!(path = %self.path.display(), "store: handed over to the successor, writing nothing more");
+                    let _ = reply.send(done);
+                }
                 Ok(Msg::Close) | Err(RecvTimeoutError::Disconnected) => {
                     if let Err(e) = self.sync() {
                         tracing::error!(error = %e, "store: final write failed");

@@ -1,0 +1,263 @@
+//! A pool's [`View`]: its config, its backends and the ring over those that
+//! take new sessions, all of one moment; and how a reload turns one view into
+//! the next without losing any backend's state.
+//!
+//! A reload carries backends over by `id`: the same `BackendRt` (health,
+//! counters, live tunnels, drain) with its address and weight updated in
+//! place. A backend the new config no longer names stays in the view, marked
+//! removed and draining for the pool's `drain_timeout`; at the deadline its
+//! sessions move with reason `removed` and it leaves the view (`forget`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::PoolRt;
+use crate::affinity::hash::{hash_key, Member, Ring};
+use crate::backend::{BackendRt, Health};
+use crate::config;
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::store::PoolStore;
+
+pub struct View {
+    pub cfg: Arc<config::Pool>,
+    /// The configured backends in file order, then those a reload removed
+    /// that are still draining.
+    pub backends: Vec<Arc<BackendRt>>,
+    pub(super) ring: Ring,
+    /// Ring member -> index in `backends`.
+    pub(super) backend_of: Vec<usize>,
+    /// Webhook told about drains and moves; kept across reloads that leave `notify` alone.
+    pub notifier: Option<Arc<Notifier>>,
+}
+
+/// What a reload changed in one pool (ids), for the reload summary.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct PoolChanges {
+    pub added: Vec<Arc<str>>,
+    pub removed: Vec<Arc<str>>,
+    /// Address or weight changed (sessions stay).
+    pub changed: Vec<Arc<str>>,
+    /// The pool's own settings (hash, health, timeouts...) changed.
+    pub settings: bool,
+}
+
+impl PoolChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.changed.is_empty()
+            && !self.settings
+    }
+}
+
+impl View {
+    pub(super) fn build(
+        cfg: Arc<config::Pool>,
+        backends: Vec<Arc<BackendRt>>,
+        notifier: Option<Arc<Notifier>>,
+    ) -> View {
+        let mut members = Vec::new();
+        let mut backend_of = Vec::new();
+        for (i, b) in backends.iter().enumerate() {
+            if b.takes_new() {
+                members.push(Member {
+                    id: b.id.clone(),
+                    weight: b.weight(),
+                });
+                backend_of.push(i);
+            }
+        }
+        View {
+            ring: Ring::build(cfg.hash, &members),
+            backend_of,
+            cfg,
+            backends,
+            notifier,
+        }
+    }
+
+    pub fn backend(&self, id: &str) -> Option<&Arc<BackendRt>> {
+        self.backends.iter().find(|b| &*b.id == id)
+    }
+
+    /// Where `b` sits in this view's list (`None`: not in this view).
+    pub fn index_of(&self, b: &Arc<BackendRt>) -> Option<usize> {
+        self.backends.iter().position(|x| Arc::ptr_eq(x, b))
+    }
+
+    /// The pool hash's choice for `key` over the eligible backends, honouring
+    /// bounded load and slow start.
+    pub(super) fn pick(&self, store: &dyn PoolStore, key: &str) -> Option<Arc<BackendRt>> {
+        let h = hash_key(key.as_bytes());
+        let cap = self.cfg.bounded_load.map(|c| {
+            let n = self.backend_of.len() as f64;
+            let total: u64 = self
+                .backend_of
+                .iter()
+                .map(|&i| store.sessions_of(&self.backends[i].id))
+                .sum();
+            (c * (total + 1) as f64 / n).ceil() as u64
+        });
+        // `takes_new` again here: a backend marked down a moment ago may still be
+        // on this ring until `mark_health` has rebuilt it.
+        let m = self.ring.pick_bounded(h, |m| {
+            let b = &self.backends[self.backend_of[m]];
+            b.takes_new()
+                && cap.is_none_or(|cap| store.sessions_of(&b.id) < cap)
+                && super::ramped(&self.cfg, b, h)
+        })?;
+        let b = &self.backends[*self.backend_of.get(m)?];
+        if b.takes_new() {
+            return Some(b.clone());
+        }
+        // Every candidate refused: the plain pick is only good if it takes sessions.
+        self.backend_of
+            .iter()
+            .map(|&i| &self.backends[i])
+            .find(|b| b.takes_new())
+            .cloned()
+    }
+}
+
+/// A backend new to the pool. With active checks it waits for its first
+/// result (`unknown`: no new sessions); without, it is trusted.
+pub(super) fn new_backend(
+    cfg: &config::Pool,
+    b: &config::Backend,
+    metrics: &Metrics,
+) -> Arc<BackendRt> {
+    let labels = [&*cfg.name, &*b.id];
+    let be = BackendRt::new(
+        b.id.clone(),
+        b.addr.clone(),
+        b.weight,
+        metrics
+            .upstream_connections_active
+            .with_label_values(&labels),
+        metrics.backend_up.with_label_values(&labels),
+    );
+    if matches!(cfg.health.kind, config::HealthKind::None) {
+        be.set_health(Health::Up);
+    }
+    Arc::new(be)
+}
+
+/// The notifier for `cfg`: the previous one when `notify` did not change.
+pub(super) fn notifier(
+    cfg: &config::Pool,
+    prev: Option<(&config::Pool, &Arc<Notifier>)>,
+    metrics: &Arc<Metrics>,
+) -> Option<Arc<Notifier>> {
+    let n = cfg.notify.as_ref()?;
+    if let Some((old, keep)) = prev {
+        if old.notify.as_ref() == Some(n) {
+            return Some(keep.clone());
+        }
+    }
+    Some(Arc::new(Notifier::spawn(
+        n.webhook.clone(),
+        metrics.clone(),
+    )))
+}
+
+impl PoolRt {
+    /// Apply a reloaded config for this pool (same name). Backends are matched
+    /// by id; see the module header for what happens to each.
+    pub fn reconfigure(self: &Arc<Self>, cfg: config::Pool) -> PoolChanges {
+        let mut ch = PoolChanges::default();
+        let mut leaving = Vec::new();
+        let cfg = Arc::new(cfg);
+        self.update(|old| {
+            ch.settings = settings_changed(&old.cfg, &cfg);
+            let checks_off = matches!(cfg.health.kind, config::HealthKind::None);
+            let mut list = Vec::with_capacity(cfg.backends.len());
+            for b in &cfg.backends {
+                let rt = match old.backend(&b.id) {
+                    Some(rt) => {
+                        if rt.reconfigure(&b.addr, b.weight) {
+                            ch.changed.push(b.id.clone());
+                        }
+                        if rt.removed() {
+                            // Named again while it drained out: back in service.
+                            rt.set_removed(false);
+                            rt.stop_drain();
+                            ch.added.push(b.id.clone());
+                        }
+                        rt.clone()
+                    }
+                    None => {
+                        ch.added.push(b.id.clone());
+                        new_backend(&cfg, b, &self.metrics)
+                    }
+                };
+                if checks_off && rt.health() != Health::Up {
+                    rt.set_health(Health::Up);
+                }
+                list.push(rt);
+            }
+            for b in &old.backends {
+                if cfg.backends.iter().any(|c| c.id == b.id) {
+                    continue;
+                }
+                if !b.removed() {
+                    b.set_removed(true);
+                    ch.removed.push(b.id.clone());
+                    leaving.push(b.clone());
+                }
+                list.push(b.clone());
+            }
+            let prev = old.notifier.as_ref().map(|n| (&*old.cfg, n));
+            let notifier = notifier(&cfg, prev, &self.metrics);
+            View::build(cfg.clone(), list, notifier)
+        });
+        for b in leaving {
+            self.drain(&b, cfg.drain_timeout);
+        }
+        ch
+    }
+
+    /// The pool is gone from the config: nothing routes to it any more (no
+    /// listener names it); its backends drain out like removed ones.
+    pub fn retire(self: &Arc<Self>) {
+        let deadline = self.cfg().drain_timeout;
+        for b in self.view().backends.iter() {
+            if !b.removed() {
+                b.set_removed(true);
+                self.drain(b, deadline);
+            }
+        }
+    }
+
+    /// A removed backend has drained out: drop it from the view.
+    pub(super) fn forget(&self, b: &Arc<BackendRt>) {
+        self.update(|v| {
+            let list = v
+                .backends
+                .iter()
+                .filter(|x| !Arc::ptr_eq(x, b))
+                .cloned()
+                .collect();
+            View::build(v.cfg.clone(), list, v.notifier.clone())
+        });
+        tracing::info!(pool = %self.name, backend = %b.id, "removed backend drained out");
+    }
+
+    /// How long a retired pool needs before nothing of it is left.
+    pub fn retire_period(&self) -> Duration {
+        let c = self.cfg();
+        c.drain_timeout + c.close_spread + Duration::from_secs(1)
+    }
+}
+
+/// Did anything but the backend list change?
+fn settings_changed(a: &config::Pool, b: &config::Pool) -> bool {
+    // The config types carry no PartialEq for every field; their Debug output
+    // is complete and stable within one binary, which is all this compares.
+    let strip = |p: &config::Pool| {
+        let mut p = p.clone();
+        p.backends.clear();
+        format!("{p:?}")
+    };
+    strip(a) != strip(b)
+}
