@@ -350,3 +350,92 @@ fn listening(t: &Tether, name: &str) -> std::net::SocketAddr {
         .parse()
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_or_hash_change_moves_no_session() {
+    let b = backends(3).await;
+    let t = Tether::start(&yaml(&[(&b[0], 1), (&b[1], 1)], "", ""));
+    let mut owners = HashMap::new();
+    for i in 0..20 {
+        let key = format!("k{i}");
+        let r = Client::new(t.addr("web"))
+            .get("/", &[("x-device", &key)])
+            .await
+            .unwrap();
+        owners.insert(key, backend_of(&r));
+    }
+    // b1's address now points at the server that answers as b3; the hash changes too.
+    let moved = format!(
+        "      - {{ id: b1, addr: \"{}\", weight: 1 }}\n      - {{ id: b2, addr: \"{}\", weight: 1 }}\n",
+        b[2].addr, b[1].addr
+    );
+    let text = yaml(&[(&b[0], 1), (&b[1], 1)], "    hash: rendezvous\n", "");
+    let start = text.find("      - { id: b1").unwrap();
+    let end = text.find("listeners:").unwrap();
+    replace(&t, &format!("{}{moved}{}", &text[..start], &text[end..]));
+    let r = api_reload(&t).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let summary = &r.json()["summary"]["pools"]["app"];
+    assert_eq!(summary["changed"][0], "b1", "{summary}");
+    assert_eq!(summary["settings"], true, "{summary}");
+    for (key, owner) in &owners {
+        let r = Client::new(t.addr("web"))
+            .get("/", &[("x-device", key)])
+            .await
+            .unwrap();
+        // Same session owner; b1's new connections go to its new address.
+        let want = if owner == "b1" { "b3" } else { owner.as_str() };
+        assert_eq!(backend_of(&r), want, "{key}");
+        let s = Client::new(t.admin)
+            .get(&format!("/api/pools/app/sessions/{key}"), &[])
+            .await
+            .unwrap()
+            .json();
+        assert_eq!(s["session"]["backend"], owner.as_str(), "{key}: {s}");
+    }
+    assert!(
+        !metrics(&t).await.contains("tether_session_moves_total{"),
+        "nothing moved"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_pool_drains_out() {
+    let b = backends(2).await;
+    let two_pools = |with_old: bool| {
+        let old = if with_old {
+            format!(
+                "  old:\n    drain_timeout: 1s\n    close_spread: 0s\n    backends:\n      - {{ id: o1, addr: \"{}\" }}\n",
+                b[0].addr
+            )
+        } else {
+            String::new()
+        };
+        let pool = if with_old { "old" } else { "new" };
+        format!(
+            "admin: {{ listen: \"127.0.0.1:0\" }}\npools:\n{old}  new:\n    backends:\n      - {{ id: n1, addr: \"{}\" }}\n\
+             listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n    pool: {pool}\n    affinity: {{ key: {{ header: X-Device }} }}\n",
+            b[1].addr
+        )
+    };
+    let t = Tether::start(&two_pools(true));
+    let mut s = ws::open(t.addr("web"), &[("x-device", "w")]).await.unwrap();
+    assert_eq!(ws::echo(&mut s, "a").await.unwrap(), "b1");
+    replace(&t, &two_pools(false));
+    let r = api_reload(&t).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["summary"]["pools_removed"][0], "old");
+    // New requests go to the listener's new pool; the old pool's tunnel lives on until its drain ends.
+    let r = Client::new(t.addr("web"))
+        .get("/", &[("x-device", "w")])
+        .await
+        .unwrap();
+    assert_eq!(backend_of(&r), "b2");
+    assert_eq!(
+        ws::echo(&mut s, "b").await.unwrap(),
+        "b1",
+        "still open while draining"
+    );
+    let code = ws::closed_with(&mut s, Duration::from_secs(4)).await;
+    assert_eq!(code.map(u16::from), Some(1012), "closed once drained out");
+}

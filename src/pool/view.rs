@@ -240,6 +240,12 @@ impl PoolRt {
                 .collect();
             View::build(v.cfg.clone(), list, v.notifier.clone())
         });
+        // Its series would otherwise stay frozen at their last value.
+        let labels = [&*self.name, &*b.id];
+        let m = &self.metrics;
+        let _ = m.backend_up.remove_label_values(&labels);
+        let _ = m.sessions.remove_label_values(&labels);
+        let _ = m.upstream_connections_active.remove_label_values(&labels);
         tracing::info!(pool = %self.name, backend = %b.id, "removed backend drained out");
     }
 
