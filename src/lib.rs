@@ -25,3 +25,4 @@ pub mod sdnotify;
 pub mod store;
 pub mod tls;
 pub mod upgrade;
+pub mod vip;

@@ -10,8 +10,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -27,6 +27,10 @@ pub struct Metrics {
     pub session_moves: IntCounterVec,
     pub health_checks: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    /// `tether_vip_leader`: 1 while this node holds the virtual IP.
+    pub vip_leader: IntGauge,
+    /// `tether_vip_transitions_total`: changes of this node's VIP role.
+    pub vip_transitions: IntCounter,
     /// `tether_backend_resolutions_total{pool,backend,result}`: host-name lookups of backends.
     pub backend_resolutions: IntCounterVec,
     pub store_up: IntGaugeVec,
@@ -59,6 +63,20 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     let _ = r.register(Box::new(v.clone()));
     v
+}
+
+fn single_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::with_opts(Opts::new(name, help).namespace("tether"))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(g.clone()));
+    g
+}
+
+fn single_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::with_opts(Opts::new(name, help).namespace("tether"))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = r.register(Box::new(c.clone()));
+    c
 }
 
 impl Metrics {
@@ -139,6 +157,12 @@ impl Metrics {
                 "backend_resolutions_total",
                 "Host-name lookups of backends (result ok, changed or error)",
                 &["pool", "backend", "result"],
+            ),
+            vip_leader: single_gauge(&r, "vip_leader", "1 while this node holds the virtual IP"),
+            vip_transitions: single_counter(
+                &r,
+                "vip_transitions_total",
+                "Changes of this node's virtual IP role",
             ),
             config_reloads: counter(
                 &r,

@@ -818,3 +818,72 @@ fn tls_settings_are_loaded_and_checked() {
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
 }
+
+#[test]
+fn vip_settings_parse_and_are_checked() {
+    let text = format!(
+        "store: {{ kind: redis }}\nvip: {{ address: 198.18.0.100/24, interface: eth0, name: node-a }}\n{BASE}"
+    );
+    let snap = config::parse(file(), &text).unwrap_or_else(|e| panic!("{e}"));
+    let v = snap.vip.expect("vip");
+    assert_eq!(v.address.to_string(), "198.18.0.100/24");
+    assert_eq!((v.interface.as_str(), v.name.as_str()), ("eth0", "node-a"));
+    assert_eq!(v.lease, Duration::from_secs(2));
+    assert_eq!(
+        v.renew,
+        Duration::from_secs(2) / 3,
+        "renew defaults to lease/3"
+    );
+    assert_eq!((v.priority, v.preempt), (100, false));
+
+    let v6 = format!("store: {{ kind: redis }}\nvip: {{ address: \"fd00::100/64\", interface: br0, lease: 3s, renew: 1s, priority: 200, preempt: true }}\n{BASE}");
+    let v = config::parse(file(), &v6)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .vip
+        .expect("vip");
+    assert_eq!(
+        (v.lease, v.renew, v.priority, v.preempt),
+        (Duration::from_secs(3), Duration::from_secs(1), 200, true)
+    );
+
+    let bad = |vip: &str, store: &str| -> String {
+        errors(&format!("{store}vip: {vip}\n{BASE}")).to_string()
+    };
+    let redis = "store: { kind: redis }\n";
+    let e = bad("{ address: 198.18.0.100/24, interface: eth0 }", "");
+    assert!(
+        e.contains("test.yaml:1:") && e.contains("vip: vip needs `store.kind: redis`"),
+        "{e}"
+    );
+    let e = bad("{ address: 198.18.0.0/24, interface: eth0 }", redis);
+    assert!(
+        e.contains("vip.address") && e.contains("is a network address"),
+        "{e}"
+    );
+    let e = bad("{ address: 198.18.0.100, interface: eth0 }", redis);
+    assert!(
+        e.contains("vip.address") && e.contains("prefix length"),
+        "{e}"
+    );
+    let e = bad(
+        "{ address: 198.18.0.100/24, interface: eth0, lease: 2s, renew: 1500ms }",
+        redis,
+    );
+    assert!(
+        e.contains("vip.renew") && e.contains("at most half the lease"),
+        "{e}"
+    );
+    let e = bad(
+        "{ address: 198.18.0.100/24, interface: a-very-long-interface-name }",
+        redis,
+    );
+    assert!(e.contains("vip.interface"), "{e}");
+    let e = bad(
+        "{ address: 198.18.0.100/24, interface: eth0, weight: 3 }",
+        redis,
+    );
+    assert!(
+        e.contains("vip.weight") && e.contains("unknown field"),
+        "{e}"
+    );
+}

@@ -117,29 +117,8 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/tether-reload.XXXXXX")
 # --- process bookkeeping (as run.sh): every process we start is kept by pid ----------
 declare -a STARTED=()
 
-descendants() { # PID -> PID and every descendant, space-separated
-  local root=$1 f line pid changed=1
-  local -A parent=()
-  for f in /proc/[0-9]*/stat; do
-    { read -r line <"$f"; } 2>/dev/null || continue
-    pid=${line%% *}
-    line=${line##*) }
-    read -r _ ppid _ <<<"$line"
-    parent[$pid]=$ppid
-  done
-  local out=" $root "
-  while ((changed)); do
-    changed=0
-    for pid in "${!parent[@]}"; do
-      if [[ $out != *" $pid "* && $out == *" ${parent[$pid]} "* ]]; then
-        out+="$pid "
-        changed=1
-      fi
-    done
-  done
-  out=${out# }
-  echo "${out% }"
-}
+# shellcheck source=benches/load/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 alive() { # PID is running (not a zombie)
   local line

@@ -35,6 +35,8 @@ pub struct AdminState {
     pub reload: tokio::sync::mpsc::Sender<ReloadRequest>,
     /// The outcome of the last reload, whatever triggered it (`GET /api/reload`).
     pub last_reload: Arc<Mutex<Option<Outcome>>>,
+    /// The virtual IP, when configured (`/api/vip`).
+    pub vip: Option<Arc<crate::vip::Vip>>,
 }
 
 pub struct AdminApp {
@@ -134,6 +136,9 @@ impl ServeHttp for AdminApp {
         if path == "/api/reload" {
             return self.reload(&method).await;
         }
+        if path == "/api/vip" || path == "/api/vip/release" {
+            return self.vip(&method, &path).await;
+        }
         routes::api(&self.state, &method, &path, &body).await
     }
 }
@@ -175,6 +180,27 @@ impl AdminApp {
             Ok(o) if o.ok() => json(StatusCode::OK, o.to_json()),
             Ok(o) => json(StatusCode::BAD_REQUEST, o.to_json()),
             Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "shutting down: no reload"),
+        }
+    }
+
+    /// `GET /api/vip` (role, holder, since) and `POST /api/vip/release`.
+    async fn vip(&self, method: &Method, path: &str) -> Response<Vec<u8>> {
+        let Some(vip) = &self.state.vip else {
+            return error(StatusCode::NOT_FOUND, "no virtual IP configured (vip:)");
+        };
+        match (method, path) {
+            (&Method::GET, "/api/vip") => json(StatusCode::OK, serde_json::json!(vip.status())),
+            (&Method::POST, "/api/vip/release") => match vip.release().await {
+                true => json(StatusCode::OK, serde_json::json!(vip.status())),
+                false => error(
+                    StatusCode::CONFLICT,
+                    "this node does not hold the virtual IP",
+                ),
+            },
+            _ => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} not allowed on {path}"),
+            ),
         }
     }
 

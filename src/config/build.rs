@@ -10,7 +10,7 @@ use serde_yaml::{Mapping, Value};
 use super::error::{ConfigErrors, Report};
 use super::locate::KeyPath;
 use super::model::Snapshot;
-use super::raw::{RawAdmin, RawServer, RawStore, SESSION_TTL, TOP_KEYS};
+use super::raw::{RawAdmin, RawServer, RawStore, RawVip, SESSION_TTL, TOP_KEYS};
 use super::values::{id_problem, key_text};
 use super::{listener, pool, sections, validate};
 
@@ -61,6 +61,14 @@ pub(crate) fn snapshot(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors
         .map(|raw| sections::store(&mut r, &path, raw));
     let session_ttl = store.as_ref().map_or(SESSION_TTL, |s| s.session_ttl);
 
+    let path = top.key("vip");
+    let vip = match map.get("vip") {
+        None | Some(Value::Null) => None,
+        Some(v) => r
+            .de::<RawVip>(&path, v)
+            .and_then(|raw| super::vip::vip(&mut r, &path, raw, store.as_ref().map(|s| &s.kind))),
+    };
+
     let (pool_names, pools) = pools(&mut r, &top.key("pools"), map.get("pools"));
 
     let path = top.key("listeners");
@@ -107,6 +115,7 @@ pub(crate) fn snapshot(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors
             store,
             pools,
             listeners,
+            vip,
         }),
         _ => {
             // Every `None` above comes with an error; this is a bug guard.

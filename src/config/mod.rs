@@ -24,6 +24,7 @@ mod sections;
 mod tls;
 mod validate;
 mod values;
+mod vip;
 
 use std::path::Path;
 

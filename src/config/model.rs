@@ -26,6 +26,26 @@ pub struct Snapshot {
     pub pools: Vec<Pool>,
     /// Listeners in file order; names and binds are unique.
     pub listeners: Vec<Listener>,
+    /// The virtual IP this node contends for; `None`: no VIP.
+    pub vip: Option<Vip>,
+}
+
+/// `vip:`: one address shared by the tether nodes on one Redis; the holder of
+/// the lease puts it on `interface`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vip {
+    /// The address with its prefix length, e.g. 198.18.0.100/24.
+    pub address: IpNet,
+    pub interface: String,
+    /// How long a lease lasts without renewal.
+    pub lease: Duration,
+    /// How often the leader renews (and a standby tries to acquire).
+    pub renew: Duration,
+    pub priority: u32,
+    /// A node of higher priority takes the address from a lower one.
+    pub preempt: bool,
+    /// This node's name (shown as the holder).
+    pub name: String,
 }
 
 impl Snapshot {

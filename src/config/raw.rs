@@ -112,7 +112,27 @@ pub(crate) const PREFIX_MAX_BYTES_LIMIT: usize = 65_536;
 pub(crate) const PREFIX_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The top-level keys.
-pub(crate) const TOP_KEYS: &[&str] = &["admin", "server", "store", "pools", "listeners"];
+pub(crate) const TOP_KEYS: &[&str] = &["admin", "server", "store", "pools", "listeners", "vip"];
+/// `vip.lease`.
+pub(crate) const VIP_LEASE: Duration = Duration::from_secs(2);
+/// `vip.priority`.
+pub(crate) const VIP_PRIORITY: u32 = 100;
+
+/// `vip:`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "virtual IP settings like { address: 198.18.0.100/24, interface: eth0 }"
+)]
+pub(crate) struct RawVip {
+    pub address: Scalar,
+    pub interface: Scalar,
+    pub lease: Option<Scalar>,
+    pub renew: Option<Scalar>,
+    pub priority: Option<u32>,
+    pub preempt: Option<bool>,
+    pub name: Option<Scalar>,
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(

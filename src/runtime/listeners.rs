@@ -80,6 +80,16 @@ pub(super) struct Listeners {
 
 /// Bind `addr` for listener `name` (SO_REUSEADDR, backlog 4096).
 pub(super) fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    bind_with(name, addr, false)
+}
+
+/// [`bind`]; `freebind`: the address need not be on this host yet (the
+/// virtual IP, which a standby does not hold).
+pub(super) fn bind_with(
+    name: &str,
+    addr: SocketAddr,
+    freebind: bool,
+) -> Result<TcpListener, RunError> {
     let err = |source| RunError::Bind {
         name: name.to_owned(),
         addr,
@@ -92,8 +102,34 @@ pub(super) fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, RunError
     }
     .map_err(err)?;
     sock.set_reuseaddr(true).map_err(err)?;
+    if freebind {
+        set_freebind(&sock, addr.is_ipv6()).map_err(err)?;
+    }
     sock.bind(addr).map_err(err)?;
     sock.listen(4096).map_err(err)
+}
+
+fn set_freebind(sock: &tokio::net::TcpSocket, v6: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (level, name) = match v6 {
+        true => (libc::SOL_IPV6, libc::IPV6_FREEBIND),
+        false => (libc::SOL_IP, libc::IP_FREEBIND),
+    };
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket fd, a pointer to a live c_int and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            name,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 /// Does an inherited socket bound at `actual` serve a listener configured at `want`?
@@ -154,7 +190,11 @@ impl Listeners {
 
     /// Sockets for every listener of `cfgs`, binding only what is missing.
     /// On error nothing changed (fresh sockets are dropped again).
-    pub fn prepare(&mut self, cfgs: &[config::Listener]) -> Result<Vec<Binding>, RunError> {
+    pub fn prepare(
+        &mut self,
+        cfgs: &[config::Listener],
+        vip: Option<std::net::IpAddr>,
+    ) -> Result<Vec<Binding>, RunError> {
         let mut claimed = vec![false; self.handles.len()];
         let mut out = Vec::with_capacity(cfgs.len());
         // Same name and bind first, so a rename elsewhere cannot steal a socket.
@@ -187,7 +227,7 @@ impl Listeners {
                 }
                 None => match self.take_inherited(&c.name, c.bind) {
                     Some(s) => Binding::Fresh(adopt(&c.name, c.bind, s)?),
-                    None => Binding::Fresh(bind(&c.name, c.bind)?),
+                    None => Binding::Fresh(bind_with(&c.name, c.bind, Some(c.bind.ip()) == vip)?),
                 },
             });
         }

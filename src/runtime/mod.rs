@@ -61,6 +61,8 @@ pub enum RunError {
     Signal(#[source] std::io::Error),
     #[error("upgrade: {0}")]
     Upgrade(#[from] crate::upgrade::UpgradeError),
+    #[error("{0}")]
+    Vip(#[from] crate::vip::VipError),
 }
 
 /// The config and pools in force; replaced whole by each reload.
@@ -173,6 +175,12 @@ async fn serve(path: PathBuf, snap: Snapshot, upgrade: bool) -> Result<(), RunEr
         false => HashMap::new(),
     };
     let store = open_store(&snap, &metrics).await?;
+    let vip = match &snap.vip {
+        Some(cfg) => Some(Arc::new(
+            start_vip(cfg, &snap, &store, &metrics, &path).await?,
+        )),
+        None => None,
+    };
 
     let mut pools = HashMap::new();
     let mut order = Vec::new();
@@ -218,12 +226,13 @@ async fn serve(path: PathBuf, snap: Snapshot, upgrade: bool) -> Result<(), RunEr
             stopping: Default::default(),
             reload: reload_tx.clone(),
             last_reload: last_reload.clone(),
+            vip: vip.clone(),
         }),
     });
     let mut listeners = Listeners::with_inherited(inherited);
     let secret = build::store_secret(&snap, &*store).await?;
     let rts = build::listener_rts(&snap, &live.load(), secret.as_deref(), &metrics, |_| None);
-    let bindings = listeners.prepare(&snap.listeners)?;
+    let bindings = listeners.prepare(&snap.listeners, vip_ip(&snap))?;
     let admin_listener = build::AdminListener::open(&snap, &mut listeners, &admin, &shared)?;
     listeners.apply(rts, bindings, &shared);
     listeners.drop_inherited();
@@ -249,11 +258,45 @@ async fn serve(path: PathBuf, snap: Snapshot, upgrade: bool) -> Result<(), RunEr
 
     let how = wait_for_stop(signals, &core, &reload_tx, offer).await;
     drop((reloads, file_watch));
+    if let (Some(v), Stop::Shutdown) = (&vip, &how) {
+        // First, so a standby owns the address at once; after an upgrade the
+        // successor continues this node's lease instead.
+        v.shutdown().await;
+    }
+    let upgraded = matches!(how, Stop::Upgraded);
     shutdown(&core, how, stop_tx).await;
+    if let (Some(v), true) = (&vip, upgraded) {
+        v.hand_over().await;
+    }
+    drop(vip);
     if let Some(o) = &operator {
         o.abort();
     }
     Ok(())
+}
+
+/// The VIP's address, for listeners bound to it (bound before this node owns it).
+pub(crate) fn vip_ip(snap: &Snapshot) -> Option<std::net::IpAddr> {
+    snap.vip.as_ref().map(|v| v.address.addr())
+}
+
+async fn start_vip(
+    cfg: &crate::config::Vip,
+    snap: &Snapshot,
+    store: &Arc<dyn Store>,
+    metrics: &Metrics,
+    path: &std::path::Path,
+) -> Result<crate::vip::Vip, RunError> {
+    let leases = store
+        .clone()
+        .leases()
+        .ok_or(crate::vip::VipError::NoLeases)?;
+    // With Sentinel, a renewal counts once a replica has it (a failover keeps it).
+    let replicas = match &snap.store.kind {
+        StoreKind::Redis(r) if r.sentinel.is_some() => 1,
+        _ => 0,
+    };
+    Ok(crate::vip::Vip::start(cfg.clone(), leases, replicas, metrics, path).await?)
 }
 
 /// Tell systemd (`Type=notify`), when it is listening; a failure is only logged.

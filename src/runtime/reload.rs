@@ -195,7 +195,9 @@ impl Core {
         let mut sum = Summary::default();
 
         // 1. What can fail, before any change.
-        let bindings = owned.listeners.prepare(&snap.listeners)?;
+        let bindings = owned
+            .listeners
+            .prepare(&snap.listeners, super::vip_ip(&old.snapshot))?;
         let admin_socket = match snap.admin.listen != owned.admin.configured {
             true => Some(listeners::bind("admin", snap.admin.listen)?),
             false => None,
@@ -256,6 +258,9 @@ impl Core {
         );
         if format!("{:?}", old.snapshot.store) != format!("{:?}", snap.store) {
             sum.not_applied.push("store");
+        }
+        if old.snapshot.vip != snap.vip {
+            sum.not_applied.push("vip");
         }
         if old.snapshot.server.threads != snap.server.threads {
             sum.not_applied.push("server.threads");

@@ -134,7 +134,10 @@ impl Core {
     async fn resume(&self) {
         let mut owned = self.owned.lock().await;
         let snap = self.live.load().snapshot.clone();
-        match owned.listeners.prepare(&snap.listeners) {
+        match owned
+            .listeners
+            .prepare(&snap.listeners, super::vip_ip(&snap))
+        {
             Ok(bindings) => {
                 let live = self.live.load_full();
                 let secret = match build::store_secret(&snap, &*self.store).await {

@@ -8,6 +8,7 @@
 //! (`memory`) keeps everything in a dashmap and optionally persists it to a file;
 //! the shared store (`redis`) keeps the records in Redis behind a local cache.
 
+pub mod lease;
 mod lru;
 pub mod memory;
 mod owner;
@@ -192,6 +193,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Write everything still buffered (graceful shutdown).
     async fn flush(&self) -> Result<(), StoreError>;
+
+    /// The store's leases, when it is shared by several instances (Redis).
+    fn leases(self: Arc<Self>) -> Option<Arc<dyn lease::Leases>> {
+        None
+    }
 
     /// A successor process (`tether --upgrade`) takes over: write everything
     /// buffered, then never write again (the successor owns the files now).

@@ -7,6 +7,7 @@ pub mod whoami;
 
 pub mod echo;
 pub mod http;
+pub mod netns;
 pub mod redis;
 pub mod tcp;
 pub mod ws;

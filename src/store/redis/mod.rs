@@ -25,6 +25,7 @@
 
 mod cache;
 mod events;
+mod lease;
 mod link;
 mod operator;
 mod ops;
@@ -182,6 +183,10 @@ impl RedisStore {
 
 #[async_trait]
 impl Store for RedisStore {
+    fn leases(self: Arc<Self>) -> Option<Arc<dyn crate::store::lease::Leases>> {
+        Some(self)
+    }
+
     fn pool(&self, name: &str) -> Arc<dyn PoolStore> {
         Arc::new(RedisPool {
             shared: self.shared.clone(),

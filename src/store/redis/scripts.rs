@@ -215,6 +215,11 @@ impl Keys {
         format!("{}:s:{pool}:{key}", self.prefix)
     }
 
+    /// `{prefix}:lease:{name}`.
+    pub(super) fn lease(&self, name: &str) -> String {
+        format!("{}:lease:{name}", self.prefix)
+    }
+
     /// `{prefix}:drain:{pool}:{backend}` (ids never contain `:`).
     pub(super) fn drain(&self, pool: &str, backend: &str) -> String {
         format!("{}{pool}:{backend}", self.drain_prefix)

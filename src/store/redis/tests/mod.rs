@@ -3,6 +3,7 @@
 //! `shared.rs`: several instances on one Redis; `outage.rs`: Redis killed,
 //! restarted empty or stalled; `lifetime.rs`: TTL refresh, expiry, bad settings.
 
+mod lease;
 mod lifetime;
 mod outage;
 mod server;

@@ -1,0 +1,451 @@
+#!/usr/bin/env bash
+# benches/load/vip.sh: virtual IP takeover benchmark (issue #7); see README.md.
+#
+# Two tether nodes share 198.18.0.100 (lease in a real redis-server), on a
+# network of namespaces like tests/common/netns.rs: client, node-a, node-b and
+# backend on a bridge, redis linked to each node by its own veth. ROUNDS (20)
+# times: kill -9 the node that holds the VIP and take its LAN link down (a
+# machine death), time until the client's first successful HTTP request on
+# the VIP (and until the survivor has the address); then "reboot" the dead
+# node: tether restarts on it with its link down (it must remove the stale
+# address it finds), the link comes back, it is the standby, and the next
+# round kills the other node. All along, both nodes are sampled every 50 ms:
+# a moment with two owners is one where both have the address on a link that
+# is up. Targets: p99 < 3 s, 0 two-owner moments.
+#
+# Usage:  benches/load/vip.sh            (as root)
+# Env:    ROUNDS=20 LEASE_MS=2000 RENEW_MS=600 SETTLE=1 LIMIT=900 (whole run, s)
+#         TETHER_BIN=target/release/tether WHOAMI_BIN=target/release/examples/whoami
+#         TETHER_LOG=info KEEP_TMP=1 (keep configs and logs)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+TETHER_BIN=${TETHER_BIN:-$ROOT/target/release/tether}
+WHOAMI_BIN=${WHOAMI_BIN:-$ROOT/target/release/examples/whoami}
+LIMIT=${LIMIT:-900}
+
+die() { echo "vip.sh: $*" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || die "needs root (network namespaces) — run as root, as CI does"
+for tool in ip redis-server python3 timeout; do
+    command -v "$tool" >/dev/null || die "$tool not found (apt-get install iproute2 redis-server python3 coreutils)"
+done
+[ -x "$TETHER_BIN" ] || die "$TETHER_BIN missing: cargo build --release --bin tether --example whoami (or set TETHER_BIN)"
+[ -x "$WHOAMI_BIN" ] || die "$WHOAMI_BIN missing: cargo build --release --bin tether --example whoami (or set WHOAMI_BIN)"
+
+PREFIX="tvb$$"
+TMP=$(mktemp -d /tmp/tether-vip-bench.XXXXXX)
+
+cleanup() {
+    local ns pid
+    # Everything still running inside our namespaces (started by this run), then the namespaces.
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$PREFIX-" || true); do
+        for pid in $(ip netns pids "$ns" 2>/dev/null || true); do
+            kill -9 "$pid" 2>/dev/null || true
+        done
+    done
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$PREFIX-" || true); do
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    if [ -n "${KEEP_TMP:-}" ]; then echo "kept $TMP" >&2; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+cat >"$TMP/vip_bench.py" <<'PY'
+"""The takeover rounds (driven by vip.sh, which cleans up after it)."""
+import ctypes
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+PREFIX = os.environ["PREFIX"]
+TMP = os.environ["TMP"]
+TETHER = os.environ["TETHER_BIN"]
+WHOAMI = os.environ["WHOAMI_BIN"]
+ROUNDS = int(os.environ.get("ROUNDS", "20"))
+LEASE_MS = int(os.environ.get("LEASE_MS", "2000"))
+RENEW_MS = int(os.environ.get("RENEW_MS", "600"))
+SETTLE = float(os.environ.get("SETTLE", "1"))
+LOG = os.environ.get("TETHER_LOG", "info")
+VIP, WEB, ADMIN = "198.18.0.100", 8080, 9090
+NODES = ("node-a", "node-b")
+LAN = {"client": "198.18.0.10", "node-a": "198.18.0.11", "node-b": "198.18.0.12", "backend": "198.18.0.20"}
+REDIS_NET = {"node-a": 1, "node-b": 2}
+SAMPLE = 0.05
+TAKEOVER_LIMIT = 10.0  # a round without a served request by then counts as failed
+
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+libc = ctypes.CDLL(None, use_errno=True)
+procs = {}  # name -> Popen
+
+
+def ns(h):
+    return f"{PREFIX}-{h}"
+
+
+def ip(*args, check=True):
+    r = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if check and r.returncode:
+        sys.exit(f"ip {' '.join(args)}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def build():
+    for h in ("lan", "client", "node-a", "node-b", "backend", "redis"):
+        ip("netns", "add", ns(h))
+        ip("-n", ns(h), "link", "set", "lo", "up")
+    ip("-n", ns("lan"), "link", "add", "br0", "type", "bridge")
+    ip("-n", ns("lan"), "link", "set", "br0", "up")
+    for h, addr in LAN.items():
+        ip("-n", ns(h), "link", "add", "eth0", "type", "veth", "peer", "name", f"p-{h}", "netns", ns("lan"))
+        ip("-n", ns("lan"), "link", "set", f"p-{h}", "master", "br0", "up")
+        ip("-n", ns(h), "addr", "add", f"{addr}/24", "dev", "eth0")
+        ip("-n", ns(h), "link", "set", "eth0", "up")
+    for h, n in REDIS_NET.items():
+        peer = f"to-{h[-1]}"
+        ip("-n", ns(h), "link", "add", "redis0", "type", "veth", "peer", "name", peer, "netns", ns("redis"))
+        ip("-n", ns("redis"), "addr", "add", f"198.19.{n}.1/30", "dev", peer)
+        ip("-n", ns("redis"), "link", "set", peer, "up")
+        ip("-n", ns(h), "addr", "add", f"198.19.{n}.2/30", "dev", "redis0")
+        ip("-n", ns(h), "link", "set", "redis0", "up")
+
+
+def enter(h):
+    """Move this thread into namespace h (sockets made here stay in it)."""
+    fd = os.open(f"/var/run/netns/{ns(h)}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+    finally:
+        os.close(fd)
+
+
+inside = {h: ThreadPoolExecutor(max_workers=1, initializer=enter, initargs=(h,))
+          for h in ("client", "node-a", "node-b", "redis")}
+# The client's takeover probes: up to 1 s each, one started every PROBE_EVERY.
+PROBE_EVERY = 0.05
+prober = ThreadPoolExecutor(max_workers=32, initializer=enter, initargs=("client",))
+
+
+def spawn(name, h, argv):
+    log = open(f"{TMP}/{name}.log", "ab")
+    env = dict(os.environ, RUST_LOG=LOG)
+    p = subprocess.Popen(["ip", "netns", "exec", ns(h), *argv], stdin=subprocess.DEVNULL,
+                         stdout=log, stderr=subprocess.STDOUT, env=env)
+    procs[name] = p
+    return p
+
+
+def log_text(name):
+    try:
+        with open(f"{TMP}/{name}.log", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def wait(pred, limit, step=0.02):
+    """Poll pred until true; the time it took, or None after limit."""
+    start = time.monotonic()
+    while True:
+        if pred():
+            return time.monotonic() - start
+        if time.monotonic() - start > limit:
+            return None
+        time.sleep(step)
+
+
+def tail(name, n=15):
+    return "\n".join(log_text(name).splitlines()[-n:])
+
+
+def wait_log(name, text, limit):
+    p = procs[name]
+    if wait(lambda: text in log_text(name) or p.poll() is not None, limit) is None or text not in log_text(name):
+        sys.exit(f"{name}: no '{text}' within {limit} s (exit {p.poll()}); log tail:\n{tail(name)}")
+
+
+def exchange(addr, port, payload, connect_timeout=0.3, timeout=1.0):
+    s = socket.create_connection((addr, port), timeout=connect_timeout)
+    try:
+        s.settimeout(timeout)
+        s.sendall(payload)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = [tuple(x.strip() for x in l.split(":", 1)) for l in lines[1:] if ":" in l]
+        length = next((int(v) for k, v in headers if k.lower() == "content-length"), None)
+        while length is None or len(body) < length:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return status, headers, body
+    finally:
+        s.close()
+
+
+def get(addr, port, path, cookie=None, **kw):
+    req = f"GET {path} HTTP/1.1\r\nHost: {addr}:{port}\r\nConnection: close\r\n"
+    if cookie:
+        req += f"Cookie: TETHER={cookie}\r\n"
+    return exchange(addr, port, (req + "\r\n").encode(), **kw)
+
+
+def attempt(cookie):
+    """One GET on a new connection: (monotonic time it ended, status or None, backend or error)."""
+    try:
+        status, _, body = get(VIP, WEB, "/", cookie, connect_timeout=1.0, timeout=1.0)
+        if status == 200:
+            return time.monotonic(), 200, json.loads(body).get("id")
+        return time.monotonic(), status, f"status {status}"
+    except (OSError, ValueError, IndexError) as e:
+        return time.monotonic(), None, repr(e)
+
+
+def set_cookie(headers):
+    for k, v in headers:
+        if k.lower() == "set-cookie" and v.startswith("TETHER="):
+            return v.split(";", 1)[0].split("=", 1)[1]
+    return None
+
+
+def redis_up():
+    try:
+        s = socket.create_connection(("127.0.0.1", 6379), timeout=0.3)
+        s.sendall(b"*1\r\n$4\r\nPING\r\n")
+        ok = s.recv(16).startswith(b"+PONG")
+        s.close()
+        return ok
+    except OSError:
+        return False
+
+
+def config(h):
+    backends = "".join(f"      - {{ id: b{i}, addr: \"{LAN['backend']}:{9000 + i}\" }}\n" for i in (1, 2, 3))
+    return (
+        f"admin: {{ listen: \"127.0.0.1:{ADMIN}\" }}\n"
+        f"vip: {{ address: {VIP}/24, interface: eth0, lease: {LEASE_MS}ms, renew: {RENEW_MS}ms, name: {h} }}\n"
+        f"store: {{ kind: redis, redis: {{ url: \"redis://198.19.{REDIS_NET[h]}.1:6379/0\", prefix: tether,"
+        f" command_timeout: 200ms, connect_timeout: 500ms }} }}\n"
+        f"pools:\n  app:\n    backends:\n{backends}"
+        f"listeners:\n  - {{ name: web, bind: \"{VIP}:{WEB}\", protocol: http, pool: app,"
+        f" affinity: {{ key: {{ cookie: {{ name: TETHER, insert: true, max_age: 8h }} }} }} }}\n"
+    )
+
+
+generation = {h: 0 for h in NODES}
+
+
+def start_tether(h):
+    generation[h] += 1
+    name = f"tether-{h}-{generation[h]}"
+    spawn(name, h, [TETHER, "--config", f"{TMP}/{h}.yaml"])
+    wait_log(name, "tether ready", 15)
+    return name
+
+
+def node_state(h):
+    """(link up, has the VIP) from `ip -br addr show dev eth0`."""
+    parts = ip("-n", ns(h), "-br", "addr", "show", "dev", "eth0", check=False).split()
+    if len(parts) < 2:
+        return False, False
+    return parts[1] == "UP", any(p.split("/")[0] == VIP for p in parts[2:])
+
+
+def owner(h):
+    up, has = node_state(h)
+    return up and has
+
+
+def vip_status(h):
+    try:
+        _, _, body = inside[h].submit(get, "127.0.0.1", ADMIN, "/api/vip").result()
+        return json.loads(body)
+    except Exception:  # noqa: BLE001 - any failure means "not known yet"
+        return {}
+
+
+class Sampler(threading.Thread):
+    """Every 50 ms: node-a, node-b, node-a again; two owners only if all three say so."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.samples = []  # (monotonic, a, b, both)
+
+    def run(self):
+        nxt = time.monotonic()
+        while not self.stop.is_set():
+            a1 = owner("node-a")
+            b = owner("node-b")
+            a2 = owner("node-a")
+            self.samples.append((time.monotonic(), a2, b, a1 and b and a2))
+            nxt += SAMPLE
+            time.sleep(max(0.0, nxt - time.monotonic()))
+            nxt = max(nxt, time.monotonic() - SAMPLE)
+
+    def first(self, after, pred):
+        return next((t for t, a, b, both in list(self.samples) if t >= after and pred(a, b)), None)
+
+
+def pct(values, p):
+    v = sorted(values)
+    return v[max(0, math.ceil(p * len(v)) - 1)]
+
+
+def main():
+    build()
+    spawn("redis", "redis", ["redis-server", "--bind", "0.0.0.0", "--port", "6379", "--save", "",
+                             "--appendonly", "no", "--protected-mode", "no", "--dir", TMP])
+    if wait(lambda: inside["redis"].submit(redis_up).result(), 10) is None:
+        sys.exit(f"redis-server did not start:\n{tail('redis')}")
+    for i in (1, 2, 3):
+        spawn(f"whoami-b{i}", "backend", [WHOAMI, "--id", f"b{i}", "--listen", f"{LAN['backend']}:{9000 + i}"])
+        wait_log(f"whoami-b{i}", "listening on", 10)
+    for h in NODES:
+        with open(f"{TMP}/{h}.yaml", "w") as f:
+            f.write(config(h))
+    running = {"node-a": start_tether("node-a")}
+    if wait(lambda: owner("node-a"), 5) is None:
+        sys.exit(f"node-a never got the VIP:\n{tail(running['node-a'])}")
+    running["node-b"] = start_tether("node-b")
+
+    status, headers, body = inside["client"].submit(get, VIP, WEB, "/").result()
+    cookie = set_cookie(headers)
+    if status != 200 or not cookie:
+        sys.exit(f"first request through the VIP: status {status}, cookie {cookie}: {body[:200]!r}")
+    pinned = json.loads(body)["id"]
+    print(f"vip: lease {LEASE_MS} ms, renew {RENEW_MS} ms, {ROUNDS} rounds; session pinned to {pinned}", flush=True)
+
+    sampler = Sampler()
+    sampler.start()
+    served, vip_moved, moved_sessions, failed, stale, not_standby = [], [], 0, 0, 0, 0
+    started = time.monotonic()
+    for rnd in range(1, ROUNDS + 1):
+        if wait(lambda: sum(owner(h) for h in NODES) == 1, 10) is None:
+            sys.exit(f"round {rnd}: no single holder of the VIP: {[(h, node_state(h)) for h in NODES]}")
+        victim = next(h for h in NODES if owner(h))
+        survivor = next(h for h in NODES if h != victim)
+        killed = time.monotonic()
+        procs[running[victim]].kill()
+        ip("-n", ns(victim), "link", "set", "eth0", "down")
+        procs[running[victim]].wait()
+
+        # A new attempt every 50 ms, each on its own connection and not waiting for the
+        # previous ones (a SYN sent to the dead node's MAC must not hide the survivor).
+        took, backend, attempts, last, pending = None, None, 0, "", []
+        while took is None and time.monotonic() - killed < TAKEOVER_LIMIT:
+            attempts += 1
+            pending.append(prober.submit(attempt, cookie))
+            time.sleep(PROBE_EVERY)
+            for f in [f for f in pending if f.done()]:
+                pending.remove(f)
+                at, status, detail = f.result()
+                if status == 200 and (took is None or at - killed < took):
+                    took, backend = at - killed, detail
+                elif status != 200:
+                    last = detail
+        # The first sample (after the kill) in which the survivor owns the VIP; the sampler
+        # may not have taken it yet when the client is already served.
+        survivor_owns = (lambda a, b: b) if survivor == "node-b" else (lambda a, b: a)
+        wait(lambda: sampler.first(killed, survivor_owns) is not None, 3)
+        at = sampler.first(killed, survivor_owns)
+        moved = (at - killed) if at else None
+        if took is None:
+            failed += 1
+            line = f"NOT served within {TAKEOVER_LIMIT:.0f} s ({attempts} attempts, last {last})"
+        else:
+            served.append(took)
+            line = f"client served after {took * 1000:6.0f} ms"
+            if backend != pinned:
+                moved_sessions += 1
+                line += f" by {backend} (session MOVED from {pinned})"
+        if moved is not None:
+            vip_moved.append(moved)
+            line += f", VIP on {survivor} after {moved * 1000:6.0f} ms"
+        else:
+            line += f", {survivor} does NOT have the VIP"
+
+        # "Reboot" the victim: tether starts with the link still down, must drop the stale address.
+        running[victim] = start_tether(victim)
+        if wait(lambda: not node_state(victim)[1], 3) is None:
+            stale += 1
+            line += f"; restarted {victim} kept the stale address (removed by the bench)"
+            ip("-n", ns(victim), "addr", "del", f"{VIP}/24", "dev", "eth0", check=False)
+        ip("-n", ns(victim), "link", "set", "eth0", "up")
+        def standby():
+            v = vip_status(victim)
+            return v.get("role") == "standby" and v.get("holder") == survivor
+
+        if wait(standby, 5, step=0.05) is None:
+            not_standby += 1
+            line += f"; {victim} not standby behind {survivor} 5 s after restart: {vip_status(victim)}"
+        print(f"round {rnd:2}/{ROUNDS}  killed {victim}  {line}", flush=True)
+        time.sleep(SETTLE)
+
+    sampler.stop.set()
+    sampler.join()
+    samples = sampler.samples
+    both = sum(1 for s in samples if s[3])
+    print(f"\n{ROUNDS} kill -9 takeovers in {time.monotonic() - started:.0f} s")
+    if served:
+        print(f"kill -> client served:     p50 {pct(served, .5) * 1000:5.0f} ms  p99 {pct(served, .99) * 1000:5.0f} ms"
+              f"  max {max(served) * 1000:5.0f} ms  (min {min(served) * 1000:.0f})")
+    if vip_moved:
+        print(f"kill -> VIP on survivor:   p50 {pct(vip_moved, .5) * 1000:5.0f} ms  p99 {pct(vip_moved, .99) * 1000:5.0f} ms"
+              f"  max {max(vip_moved) * 1000:5.0f} ms")
+    print(f"moments with two owners:   {both} of {len(samples)} samples (every {SAMPLE * 1000:.0f} ms)")
+    print(f"rounds not served in {TAKEOVER_LIMIT:.0f} s: {failed}; sessions moved: {moved_sessions}; "
+          f"stale addresses kept on restart: {stale}; restarts not standby: {not_standby}")
+    p99 = pct(served, .99) if served and not failed else None
+    print(f"targets: p99 < 3 s: {'met' if p99 is not None and p99 < 3 else 'NOT met'}; "
+          f"0 two-owner moments: {'met' if both == 0 else 'NOT met'}")
+    print(json.dumps({
+        "rounds": ROUNDS, "lease_ms": LEASE_MS, "renew_ms": RENEW_MS,
+        "served_ms": [round(x * 1000) for x in served], "vip_moved_ms": [round(x * 1000) for x in vip_moved],
+        "p50_ms": round(pct(served, .5) * 1000) if served else None,
+        "p99_ms": round(pct(served, .99) * 1000) if served else None,
+        "max_ms": round(max(served) * 1000) if served else None,
+        "two_owner_samples": both, "samples": len(samples), "not_served": failed,
+        "sessions_moved": moved_sessions, "stale_kept": stale, "not_standby": not_standby,
+    }))
+
+
+try:
+    main()
+finally:
+    for p in procs.values():
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    for ex in [*inside.values(), prober]:
+        ex.shutdown(wait=False, cancel_futures=True)
+PY
+
+export PREFIX TMP TETHER_BIN WHOAMI_BIN
+# In the background so that a signal to this script is handled at once (bash runs traps
+# only between commands); the python side cleans up its processes on SIGTERM.
+timeout -s TERM "$LIMIT" python3 "$TMP/vip_bench.py" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null; wait "$child" 2>/dev/null; exit 130' INT TERM
+set +e
+wait "$child"
+rc=$?
+set -e
+[ "$rc" = 124 ] && echo "vip.sh: stopped after LIMIT=$LIMIT s" >&2
+exit "$rc"
