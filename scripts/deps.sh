@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building (and, with `--test`, testing) tether needs on Debian:
 # cmake and a C compiler for pingora's zlib-ng; for the tests also redis-server
-# (shared-store tests) and iproute2 (namespace tests). As root it installs with apt-get; otherwise it prints
+# (shared-store tests), iproute2 (namespace tests) and chromium (status page test). As root it installs with apt-get; otherwise it prints
 # the exact command and fails, so nothing half-works.
 set -euo pipefail
 
@@ -14,6 +14,8 @@ if [[ "${1:-}" == "--test" ]]; then
   # Network/mount namespaces of the root-only tests (named backends, the virtual IP).
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
   command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+  # The status page's end-to-end test drives headless Chromium.
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
 
 if [[ ${#need[@]} -eq 0 ]]; then
