@@ -6,7 +6,7 @@
 //! `health()`/`draining()` per request, while the health checker, passive
 //! failures and the admin API write.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -113,6 +113,21 @@ pub struct BackendRt {
     up_gauge: IntGauge,
     tunnels: Mutex<HashMap<u64, Arc<TunnelCtl>>>,
     next_tunnel: AtomicU64,
+    /// The last `CHECKS_KEPT` active check results, oldest first (status page).
+    checks: Mutex<VecDeque<CheckRecord>>,
+}
+
+/// Active check results kept per backend.
+pub const CHECKS_KEPT: usize = 20;
+
+/// One active check result, for the status page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckRecord {
+    /// Unix ms.
+    pub at: u64,
+    pub ok: bool,
+    /// Why it failed ("" when it passed).
+    pub detail: String,
 }
 
 impl BackendRt {
@@ -138,6 +153,7 @@ impl BackendRt {
             up_gauge,
             tunnels: Mutex::new(HashMap::new()),
             next_tunnel: AtomicU64::new(1),
+            checks: Mutex::new(VecDeque::with_capacity(CHECKS_KEPT)),
         }
     }
 
@@ -284,6 +300,28 @@ impl BackendRt {
         if self.passive_failures.load(Ordering::Relaxed) != 0 {
             self.passive_failures.store(0, Ordering::Release);
         }
+    }
+
+    /// Remember an active check result (the last `CHECKS_KEPT` are kept).
+    pub fn record_check(&self, ok: bool, detail: String) {
+        if let Ok(mut c) = self.checks.lock() {
+            if c.len() == CHECKS_KEPT {
+                c.pop_front();
+            }
+            c.push_back(CheckRecord {
+                at: crate::store::now_ms(),
+                ok,
+                detail,
+            });
+        }
+    }
+
+    /// The recent active check results, oldest first.
+    pub fn checks(&self) -> Vec<CheckRecord> {
+        self.checks
+            .lock()
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Register a live tunnel; it leaves the registry when the guard drops.

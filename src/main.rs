@@ -74,6 +74,9 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check) => match tether::config::load(&cli.config) {
             Ok(snap) => {
+                for w in snap.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 println!("{}", tether::config::summary(&snap));
                 ExitCode::SUCCESS
             }

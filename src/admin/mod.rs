@@ -1,8 +1,9 @@
 //! The admin listener: JSON API under `/api/*` and Prometheus `/metrics`.
 //!
 //! Served by pingora's `ServeHttp` on tether's own accept loop (see `runtime`).
-//! Reads are open; mutating calls need `Authorization: Bearer <token>` when
-//! `admin.token_file` is set, compared in constant time.
+//! Mutating calls need `Authorization: Bearer <token>` when
+//! `admin.token_file` is set (compared in constant time); with
+//! `admin.protect_reads` every call but the status page itself does.
 
 pub mod operator;
 mod routes;
@@ -60,6 +61,26 @@ pub(crate) fn error(status: StatusCode, msg: impl Into<String>) -> Response<Vec<
     json(status, serde_json::json!({ "error": msg.into() }))
 }
 
+/// The status page: one static file compiled into the binary, which polls the API.
+const STATUS_PAGE: &str = include_str!("status.html");
+
+fn status_page() -> Response<Vec<u8>> {
+    let body = STATUS_PAGE.as_bytes().to_vec();
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/html; charset=utf-8")
+        .header("content-length", body.len())
+        .header("cache-control", "no-cache")
+        // Nothing but this file's own inline code may run; fetches go to this origin only.
+        .header(
+            "content-security-policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'",
+        )
+        .header("x-frame-options", "DENY")
+        .body(body)
+        .unwrap_or_default()
+}
+
 /// Length-independent-time comparison of a presented token with the configured one.
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
@@ -113,13 +134,19 @@ impl ServeHttp for AdminApp {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_owned();
         let mutating = !matches!(method, Method::GET | Method::HEAD);
-        if mutating && !self.authorized(session) {
+        // The page itself holds no data: it asks for the token when the API wants one.
+        let page = path == "/" && !mutating;
+        let protect = mutating || (!page && self.state.live.load().snapshot.admin.protect_reads);
+        if protect && !self.authorized(session) {
             return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         }
         let body = match Self::read_body(session).await {
             Ok(b) => b,
             Err(resp) => return resp,
         };
+        if page {
+            return status_page();
+        }
         if path == "/metrics" && method == Method::GET {
             return self.metrics();
         }

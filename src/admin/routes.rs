@@ -57,10 +57,16 @@ fn pools(state: &AdminState) -> serde_json::Value {
                         "health": b.health().as_str(),
                         "sessions": p.store.sessions_of(&b.id),
                         "live_connections": b.upstream_active.get(),
+                        "checks": b.checks(),
                     })
                 })
                 .collect();
-            json!({ "name": &*p.name, "sessions": p.store.len(), "backends": backends })
+            json!({
+                "name": &*p.name,
+                "sessions": p.store.len(),
+                "backends": backends,
+                "moves": p.recent_moves(),
+            })
         })
         .collect();
     json!({ "pools": pools })

@@ -98,6 +98,7 @@ pub(crate) fn listener(
             proxy_protocol,
             tls,
             h2c,
+            access_log: raw.access_log.unwrap_or(false),
             affinity: Affinity { key, fallback },
         }),
         _ => None,

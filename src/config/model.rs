@@ -52,6 +52,20 @@ impl Snapshot {
     pub fn pool(&self, name: &str) -> Option<&Pool> {
         self.pools.iter().find(|p| &*p.name == name)
     }
+
+    /// Valid but risky settings, said by `tether check` and logged at start and reload.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if !self.admin.listen.ip().is_loopback() && self.admin.token.is_none() {
+            w.push(format!(
+                "{}: admin.listen {} is reachable beyond this host and admin.token_file is not set: \
+                 anyone who reaches it can drain backends, delete sessions and reload",
+                self.source.display(),
+                self.admin.listen
+            ));
+        }
+        w
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +73,8 @@ pub struct Admin {
     pub listen: SocketAddr,
     /// Bearer token read from `token_file`, trimmed. `None`: mutating calls are open.
     pub token: Option<Arc<str>>,
+    /// Read-only calls and `/metrics` need the token too.
+    pub protect_reads: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -379,6 +395,8 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     /// Plain http listeners: serve HTTP/2 to clients that start with its preface.
     pub h2c: bool,
+    /// One log line per request (http, https) or connection (tcp, tls), target `tether::access`.
+    pub access_log: bool,
     pub affinity: Affinity,
 }
 

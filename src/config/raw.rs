@@ -142,6 +142,7 @@ pub(crate) struct RawVip {
 pub(crate) struct RawAdmin {
     pub listen: Option<Scalar>,
     pub token_file: Option<Scalar>,
+    pub protect_reads: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -357,6 +358,7 @@ pub(crate) struct RawListener {
     pub proxy_protocol: Option<RawProxyProtocol>,
     pub tls: Option<RawListenerTls>,
     pub h2c: Option<bool>,
+    pub access_log: Option<bool>,
     pub affinity: RawAffinity,
 }
 

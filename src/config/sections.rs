@@ -28,9 +28,17 @@ pub(crate) fn admin(r: &mut Report, path: &KeyPath, raw: RawAdmin) -> Option<Adm
         }
         None => None,
     };
+    let protect_reads = raw.protect_reads.unwrap_or(false);
+    if protect_reads && token.is_none() {
+        r.err(
+            &path.key("protect_reads"),
+            "protect_reads needs a token: set admin.token_file",
+        );
+    }
     Some(Admin {
         listen: listen?,
         token,
+        protect_reads,
     })
 }
 

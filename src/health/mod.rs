@@ -66,9 +66,13 @@ fn apply(
     // The data path may have changed the state since the last probe.
     counter.sync(b.health());
     match &result {
-        Ok(()) => outcomes.pass.inc(),
+        Ok(()) => {
+            outcomes.pass.inc();
+            b.record_check(true, String::new());
+        }
         Err(e) => {
             outcomes.fail.inc();
+            b.record_check(false, e.to_string());
             tracing::debug!(pool = %pool.name, backend = %b.id, addr = ?b.addr(), error = %e, "health check failed");
         }
     }

@@ -37,6 +37,18 @@ pub struct Pump<'a> {
     pub bytes_in: &'a IntCounter,
     /// `bytes_total{direction="out"}`: backend to client.
     pub bytes_out: &'a IntCounter,
+    /// This session's own bytes (in, out), for its access-log line.
+    pub moved: [AtomicU64; 2],
+}
+
+/// A direction's counters: the listener's metric and the session's own count.
+struct Count<'a>(&'a IntCounter, &'a AtomicU64);
+
+impl Count<'_> {
+    fn add(&self, n: usize) {
+        self.0.inc_by(n as u64);
+        self.1.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// How a session ended (for the debug log).
@@ -81,9 +93,9 @@ pub async fn run(
         if client_eof {
             return u_wr.shutdown().await;
         }
-        copy(&mut c_rd, &mut u_wr, p.bytes_in, &last).await
+        copy(&mut c_rd, &mut u_wr, Count(p.bytes_in, &p.moved[0]), &last).await
     };
-    let down = copy(&mut u_rd, &mut c_wr, p.bytes_out, &last);
+    let down = copy(&mut u_rd, &mut c_wr, Count(p.bytes_out, &p.moved[1]), &last);
     tokio::select! {
         r = async { tokio::try_join!(up, down) } => match r {
             Ok(_) => End::Done,
@@ -116,9 +128,9 @@ where
         if client_eof {
             return u_wr.shutdown().await;
         }
-        copy_io(&mut c_rd, &mut u_wr, p.bytes_in, &last).await
+        copy_io(&mut c_rd, &mut u_wr, Count(p.bytes_in, &p.moved[0]), &last).await
     };
-    let down = copy_io(&mut u_rd, &mut c_wr, p.bytes_out, &last);
+    let down = copy_io(&mut u_rd, &mut c_wr, Count(p.bytes_out, &p.moved[1]), &last);
     tokio::select! {
         r = async { tokio::try_join!(up, down) } => match r {
             Ok(_) => End::Done,
@@ -131,12 +143,7 @@ where
 
 /// One direction of `run_io`; the TLS writer is flushed after every chunk so
 /// nothing waits in a record buffer.
-async fn copy_io<R, W>(
-    rd: &mut R,
-    wr: &mut W,
-    count: &IntCounter,
-    last: &AtomicU64,
-) -> io::Result<()>
+async fn copy_io<R, W>(rd: &mut R, wr: &mut W, count: Count<'_>, last: &AtomicU64) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -149,7 +156,7 @@ where
         }
         wr.write_all(&buf[..n]).await?;
         wr.flush().await?;
-        count.inc_by(n as u64);
+        count.add(n);
         last.store(mono_ms(), Ordering::Relaxed);
     }
 }
@@ -158,7 +165,7 @@ where
 async fn copy(
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
-    count: &IntCounter,
+    count: Count<'_>,
     last: &AtomicU64,
 ) -> io::Result<()> {
     let mut buf: Vec<u8> = Vec::new();
@@ -171,7 +178,7 @@ async fn copy(
             Ok(0) => return wr.shutdown().await,
             Ok(n) => {
                 wr.write_all(&buf[..n]).await?;
-                count.inc_by(n as u64);
+                count.add(n);
                 last.store(mono_ms(), Ordering::Relaxed);
             }
             // Drained: give the buffer back until the next bytes arrive.

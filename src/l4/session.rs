@@ -142,15 +142,18 @@ async fn session(
         return;
     };
     let first = opening.bytes;
+    let first_len = first.len();
     l.bytes_in.inc_by(first.len() as u64);
 
     let _active = Active::new(&backend);
     let reg = backend.register_tunnel();
+    let started = std::time::Instant::now();
     let p = Pump {
         idle: l.cfg.timeouts.idle,
         ctl: &reg.ctl,
         bytes_in: &l.bytes_in,
         bytes_out: &l.bytes_out,
+        moved: Default::default(),
     };
     let end = match (client, upstream) {
         (Client::Tcp(c), Upstream::Plain(u)) => pump::run(c, u, first, opening.eof, &p).await,
@@ -158,6 +161,23 @@ async fn session(
         (Client::Tls(c), u) => pump::run_io(*c, u, first, opening.eof, &p).await,
     };
     tracing::debug!(listener = %l.cfg.name, client = %addr.src, backend = %backend.id, %end, "tcp session ended");
+    if l.cfg.access_log {
+        use std::sync::atomic::Ordering::Relaxed;
+        tracing::info!(
+            target: "tether::access",
+            listener = %l.cfg.name,
+            pool = %l.pool.name,
+            backend = %backend.id,
+            client = %addr.src,
+            session = %key.as_deref().map(crate::pool::key_hash).unwrap_or_default(),
+            bytes_in = p.moved[0].load(Relaxed) + first_len as u64,
+            bytes_out = p.moved[1].load(Relaxed),
+            duration_ms = started.elapsed().as_millis() as u64,
+            moved_from = %moved.as_ref().map(|(f, _)| &**f).unwrap_or(""),
+            end = %end,
+            "connection"
+        );
+    }
 }
 
 /// `upstream_connections_active` for as long as the session lives.

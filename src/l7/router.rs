@@ -346,6 +346,28 @@ impl Router {
     }
 }
 
+/// One `tether::access` line for a finished request. The session key is
+/// logged as a hash and no header or query is: cookies and tokens stay out.
+fn access_log(session: &Session, ctx: &Ctx, status: u16, bytes_in: usize, bytes_out: usize) {
+    let l = &ctx.l;
+    let key = ctx.session.as_ref().and_then(|v| v.to_str().ok());
+    tracing::info!(
+        target: "tether::access",
+        listener = %l.cfg.name,
+        pool = %l.pool.name,
+        backend = %ctx.backend.as_ref().map_or("", |(_, b)| &*b.id),
+        client = %ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        method = %session.req_header().method,
+        status,
+        session = %key.map(crate::pool::key_hash).unwrap_or_default(),
+        bytes_in,
+        bytes_out,
+        duration_ms = ctx.start.map_or(0, |s| s.elapsed().as_millis() as u64),
+        moved_from = %ctx.moved.as_ref().map_or("", |(f, _)| &**f),
+        "request"
+    );
+}
+
 #[async_trait]
 impl ProxyHttp for Router {
     type CTX = Ctx;
@@ -627,8 +649,12 @@ impl ProxyHttp for Router {
         if let Some(start) = ctx.start {
             l.duration.observe(start.elapsed().as_secs_f64());
         }
-        l.bytes_in.inc_by(session.body_bytes_read() as u64);
-        l.bytes_out.inc_by(session.body_bytes_sent() as u64);
+        let (bytes_in, bytes_out) = (session.body_bytes_read(), session.body_bytes_sent());
+        l.bytes_in.inc_by(bytes_in as u64);
+        l.bytes_out.inc_by(bytes_out as u64);
+        if l.cfg.access_log {
+            access_log(session, ctx, status, bytes_in, bytes_out);
+        }
         if ctx.upstream_counted {
             if let Some((_, b)) = &ctx.backend {
                 b.upstream_active.dec();

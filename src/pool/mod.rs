@@ -15,6 +15,7 @@
 
 mod view;
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +43,31 @@ pub struct PoolRt {
     writer: Mutex<()>,
     lookups: Lookups,
     metrics: Arc<Metrics>,
+    /// The last `MOVES_KEPT` moves made here, newest first (status page).
+    moves: Mutex<VecDeque<MoveRecord>>,
+}
+
+/// Moves kept per pool for the status page.
+pub const MOVES_KEPT: usize = 50;
+
+/// One session move, for the status page. The key itself is never shown.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MoveRecord {
+    /// Unix ms.
+    pub at: u64,
+    /// A short hash of the session key.
+    pub session: String,
+    pub from: Arc<str>,
+    pub to: Arc<str>,
+    pub reason: &'static str,
+}
+
+/// A short, stable, non-reversible name for a session key (logs, status page).
+pub fn key_hash(key: &str) -> String {
+    format!(
+        "{:012x}",
+        crate::affinity::hash::hash_key(key.as_bytes()) >> 16
+    )
 }
 
 /// Where a request goes.
@@ -75,6 +101,7 @@ impl PoolRt {
             name: cfg.name.clone(),
             view: ArcSwap::from_pointee(View::build(Arc::new(cfg), backends, notifier)),
             writer: Mutex::new(()),
+            moves: Mutex::new(VecDeque::with_capacity(MOVES_KEPT)),
             store,
             lookups,
             metrics,
@@ -317,6 +344,7 @@ impl PoolRt {
             if let Some(n) = &self.view().notifier {
                 n.moved(&self.name, &old.backend, &to.id, reason);
             }
+            self.record_move(key, &old.backend, &to.id, reason);
         }
         self.follow(key).await
     }
@@ -335,6 +363,29 @@ impl PoolRt {
             _ => None,
         };
         Ok(self.decide(b, hit, moved))
+    }
+
+    fn record_move(&self, key: &str, from: &Arc<str>, to: &Arc<str>, reason: MoveReason) {
+        if let Ok(mut m) = self.moves.lock() {
+            if m.len() == MOVES_KEPT {
+                m.pop_back();
+            }
+            m.push_front(MoveRecord {
+                at: crate::store::now_ms(),
+                session: key_hash(key),
+                from: from.clone(),
+                to: to.clone(),
+                reason: reason.as_str(),
+            });
+        }
+    }
+
+    /// The recent moves, newest first.
+    pub fn recent_moves(&self) -> Vec<MoveRecord> {
+        self.moves
+            .lock()
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Time since `backend` went down (for the move-latency histogram).

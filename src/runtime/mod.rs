@@ -253,6 +253,9 @@ async fn serve(path: PathBuf, snap: Snapshot, upgrade: bool) -> Result<(), RunEr
     let reloads = reload::spawn(core.clone(), reload_rx, last_reload);
     let file_watch = reload::watch_file(core.clone(), reload_tx.clone());
     let offer = upgrade::offer(&path)?;
+    for w in snap.warnings() {
+        tracing::warn!("{w}");
+    }
     tracing::info!(config = %path.display(), "tether ready");
     notify_ready(upgrade);
 

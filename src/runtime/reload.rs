@@ -185,6 +185,9 @@ impl Core {
         owned.stamp = FileStamp::of(&self.path);
         let snap = config::load(&self.path)
             .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+        for w in snap.warnings() {
+            tracing::warn!("{w}");
+        }
         self.apply(&mut owned, snap)
             .await
             .map_err(|e| vec![format!("{}: {e}", self.path.display())])
