@@ -5,6 +5,7 @@
 #[path = "../../examples/whoami.rs"]
 pub mod whoami;
 
+pub mod cdp;
 pub mod echo;
 pub mod http;
 pub mod netns;
