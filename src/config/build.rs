@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 
-use super::error::{ConfigErrors, Report};
+use super::error::{ConfigErrors, Report, SEE_DOCS};
 use super::locate::KeyPath;
 use super::model::Snapshot;
 use super::raw::{RawAdmin, RawServer, RawStore, RawVip, SESSION_TTL, TOP_KEYS};
@@ -45,7 +45,7 @@ pub(crate) fn snapshot(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors
             let expected = TOP_KEYS.join("`, `");
             r.err_key(
                 &top.key(&name),
-                format!("unknown field `{name}`, expected one of `{expected}`"),
+                format!("unknown field `{name}`, expected one of `{expected}`{SEE_DOCS}"),
             );
         }
     }

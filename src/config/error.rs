@@ -9,6 +9,9 @@ use serde::de::DeserializeOwned;
 
 use super::locate::{Index, KeyPath, Pos};
 
+/// Appended to unknown-key errors: where every key is described.
+pub(crate) const SEE_DOCS: &str = " (see docs/config.md for every key)";
+
 /// One problem in a configuration file.
 ///
 /// Displays as `FILE:LINE:COL: key.path: message` (the `key.path: ` part is
@@ -152,7 +155,7 @@ impl Report {
                 let at = path.join(e.path());
                 let message = e.inner().to_string();
                 if message.starts_with("unknown field") {
-                    self.err_key(&at, message);
+                    self.err_key(&at, format!("{message}{SEE_DOCS}"));
                 } else {
                     self.err(&at, message);
                 }

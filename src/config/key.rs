@@ -55,7 +55,10 @@ pub(crate) fn key(
             _ => {
                 r.err_key(
                     &kp,
-                    format!("unknown key kind `{kind}`, expected one of {KEY_KINDS}"),
+                    format!(
+                        "unknown key kind `{kind}`, expected one of {KEY_KINDS}{}",
+                        super::error::SEE_DOCS
+                    ),
                 );
                 None
             }
