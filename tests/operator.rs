@@ -25,12 +25,21 @@ async fn protect_reads_puts_every_api_call_behind_the_token() {
     );
     let t = Tether::start_in(dir, &yaml);
     let auth = [("authorization", "Bearer s3cret-token")];
-    for path in ["/api/pools", "/api/reload", "/metrics", "/api/ping"] {
+    for path in ["/api/pools", "/api/reload", "/metrics"] {
         let r = Client::new(t.admin).get(path, &[]).await.unwrap();
         assert_eq!(r.status, 401, "{path} without the token: {}", r.text());
         let r = Client::new(t.admin).get(path, &auth).await.unwrap();
         assert_eq!(r.status, 200, "{path} with the token: {}", r.text());
     }
+    // Liveness probes need no token.
+    assert_eq!(
+        Client::new(t.admin)
+            .get("/api/ping", &[])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     let r = Client::new(t.admin)
         .get("/api/pools", &[("authorization", "Bearer wrong")])
         .await

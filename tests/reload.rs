@@ -327,6 +327,41 @@ async fn listeners_come_and_go_without_touching_the_others() {
         on_web.get("/", &[("x-device", "a")]).await.unwrap().status,
         200
     );
+
+    // Re-bound to another port: the new one serves, the old one takes no new
+    // connection, and the connection accepted on the old one goes on.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let moved = yaml(&list, "", "").replace("bind: \"127.0.0.1:0\"", &format!("bind: \"{free}\""));
+    replace(&t, &moved);
+    let r = api_reload(&t).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["summary"]["listeners"]["added"][0],
+        "web",
+        "{}",
+        r.text()
+    );
+    assert_eq!(listening(&t, "web"), free);
+    assert_eq!(
+        Client::new(free)
+            .get("/", &[("x-device", "a")])
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert!(
+        tokio::net::TcpStream::connect(t.addr("web")).await.is_err(),
+        "old port closed"
+    );
+    assert_eq!(
+        on_web.get("/", &[("x-device", "a")]).await.unwrap().status,
+        200,
+        "established connection survives"
+    );
 }
 
 /// The address of listener `name` from the log (`listening listener=NAME addr=...`).

@@ -3,7 +3,8 @@
 //! Served by pingora's `ServeHttp` on tether's own accept loop (see `runtime`).
 //! Mutating calls need `Authorization: Bearer <token>` when
 //! `admin.token_file` is set (compared in constant time); with
-//! `admin.protect_reads` every call but the status page itself does.
+//! `admin.protect_reads` every call does but the status page itself and
+//! `/api/ping` (a liveness probe that tells nothing).
 
 pub mod operator;
 mod routes;
@@ -136,7 +137,8 @@ impl ServeHttp for AdminApp {
         let mutating = !matches!(method, Method::GET | Method::HEAD);
         // The page itself holds no data: it asks for the token when the API wants one.
         let page = path == "/" && !mutating;
-        let protect = mutating || (!page && self.state.live.load().snapshot.admin.protect_reads);
+        let open = page || path == "/api/ping";
+        let protect = mutating || (!open && self.state.live.load().snapshot.admin.protect_reads);
         if protect && !self.authorized(session) {
             return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
         }
