@@ -96,6 +96,18 @@ async fn leader_then_standby(
     (l, s)
 }
 
+/// Redis, three backends, node-a leading and node-b standing by, both on the
+/// default VIP settings. Everything returned must live as long as the test.
+async fn a_leads_b_stands_by(lab: &Lab) -> (Redis, Vec<Backend>, NodeTether, NodeTether) {
+    let (redis, backends) = infra(lab);
+    let (ya, yb) = (
+        node_yaml(lab, "a", &backends, ""),
+        node_yaml(lab, "b", &backends, ""),
+    );
+    let (a, b) = leader_then_standby(lab, ("a", &ya), ("b", &yb)).await;
+    (redis, backends, a, b)
+}
+
 /// Poll `GET /api/vip` on `t` until its `holder` is `holder`.
 async fn wait_holder(t: &NodeTether, holder: &str, limit: Duration) -> serde_json::Value {
     let start = Instant::now();
@@ -324,9 +336,7 @@ async fn lab_self_test() {
 async fn machine_death_of_the_leader_moves_the_vip_and_keeps_sessions() {
     let lab = Lab::new();
     bounded(async {
-        let (_redis, backends) = infra(&lab);
-        let (ya, yb) = (node_yaml(&lab, "a", &backends, ""), node_yaml(&lab, "b", &backends, ""));
-        let (mut a, b) = leader_then_standby(&lab, ("a", &ya), ("b", &yb)).await;
+        let (_redis, _backends, mut a, b) = a_leads_b_stands_by(&lab).await;
         let mut sessions = Sessions::open(&lab).await;
 
         let killed = Instant::now();
@@ -424,9 +434,7 @@ async fn crashed_leader_restarts_as_standby_and_removes_its_stale_address() {
 async fn sigterm_hands_the_vip_over_within_a_second() {
     let lab = Lab::new();
     bounded(async {
-        let (_redis, backends) = infra(&lab);
-        let (ya, yb) = (node_yaml(&lab, "a", &backends, ""), node_yaml(&lab, "b", &backends, ""));
-        let (mut a, b) = leader_then_standby(&lab, ("a", &ya), ("b", &yb)).await;
+        let (_redis, _backends, mut a, b) = a_leads_b_stands_by(&lab).await;
         let mut sessions = Sessions::open(&lab).await;
 
         let watch = lab.watch_address(VIP, SAMPLE);
@@ -459,9 +467,7 @@ async fn leader_cut_from_redis_drops_the_vip_before_the_standby_takes_it() {
     let lab = Lab::new();
     bounded(async {
         let watch = lab.watch_address(VIP, SAMPLE);
-        let (_redis, backends) = infra(&lab);
-        let (ya, yb) = (node_yaml(&lab, "a", &backends, ""), node_yaml(&lab, "b", &backends, ""));
-        let (a, b) = leader_then_standby(&lab, ("a", &ya), ("b", &yb)).await;
+        let (_redis, _backends, a, b) = a_leads_b_stands_by(&lab).await;
         let mut sessions = Sessions::open(&lab).await;
 
         let cut_at = watch.start.elapsed();
@@ -566,13 +572,8 @@ async fn preempt_off_keeps_the_current_leader() {
 async fn admin_api_and_metrics_agree_with_the_address() {
     let lab = Lab::new();
     bounded(async {
-        let (_redis, backends) = infra(&lab);
-        let (ya, yb) = (
-            node_yaml(&lab, "a", &backends, ""),
-            node_yaml(&lab, "b", &backends, ""),
-        );
         let started = unix_ms();
-        let (a, b) = leader_then_standby(&lab, ("a", &ya), ("b", &yb)).await;
+        let (_redis, _backends, a, b) = a_leads_b_stands_by(&lab).await;
 
         let va = a.vip().await;
         assert_eq!(va["address"], format!("{VIP}/24"), "{va}");

@@ -164,24 +164,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# --- ports (as run.sh: below the ephemeral range, never handed out twice) -------------
-read -r EPH_LOW _ </proc/sys/net/ipv4/ip_local_port_range
-PORT_LOW=10000
-PORT_HIGH=$((EPH_LOW > PORT_LOW + 1000 ? EPH_LOW - 1 : 29999))
-USED_PORTS=" "
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-pick_port() { # VAR
-  local p i
-  for ((i = 0; i < 500; i++)); do
-    p=$((PORT_LOW + (RANDOM * 32768 + RANDOM) % (PORT_HIGH - PORT_LOW + 1)))
-    if [[ $USED_PORTS != *" $p "* ]] && port_free "$p"; then
-      USED_PORTS+="$p "
-      printf -v "$1" %s "$p"
-      return 0
-    fi
-  done
-  die "no free port found in $PORT_LOW-$PORT_HIGH"
-}
+# --- ports: pick_port (lib.sh) ---------------------------------------------------
 
 wait_http() { # NAME PID URL TIMEOUT_S: until URL answers 200
   local name=$1 pid=$2 url=$3 deadline=$((SECONDS + $4)) code

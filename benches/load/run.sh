@@ -122,27 +122,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# --- ports ------------------------------------------------------------------------
-# Below the ephemeral range, so no outgoing connection of wrk or a proxy holds one.
-read -r EPH_LOW _ </proc/sys/net/ipv4/ip_local_port_range
-PORT_LOW=10000
-PORT_HIGH=$((EPH_LOW > PORT_LOW + 1000 ? EPH_LOW - 1 : 29999))
-USED_PORTS=" "
-port_free() { # nothing accepts connections on 127.0.0.1:$1
-  ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-pick_port() { # VAR: set VAR to a free port not handed out before
-  local p i
-  for ((i = 0; i < 500; i++)); do
-    p=$((PORT_LOW + (RANDOM * 32768 + RANDOM) % (PORT_HIGH - PORT_LOW + 1)))
-    if [[ $USED_PORTS != *" $p "* ]] && port_free "$p"; then
-      USED_PORTS+="$p "
-      printf -v "$1" %s "$p"
-      return 0
-    fi
-  done
-  die "no free port found in $PORT_LOW-$PORT_HIGH"
-}
+# --- ports: pick_port (lib.sh) ---------------------------------------------------
 pick_port BACKEND_PORT
 pick_port HAPROXY_PORT
 pick_port NGINX_PORT
