@@ -6,6 +6,7 @@
 //! routing decision for the [`listener::ListenerRt`].
 
 pub mod conn;
+mod hygiene;
 pub mod listener;
 pub mod router;
 pub mod serve;

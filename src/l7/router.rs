@@ -22,6 +22,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType;
 
 use super::conn::{ConnInfo, ConnStream};
+use super::hygiene;
 use super::listener::ListenerRt;
 use super::tunnel;
 use crate::affinity::cookie::CookieSigner;
@@ -38,16 +39,16 @@ pub struct Router {
 }
 
 pub struct Ctx {
-    l: Arc<ListenerRt>,
-    conn: Option<Arc<ConnInfo>>,
-    start: Option<Instant>,
+    pub(super) l: Arc<ListenerRt>,
+    pub(super) conn: Option<Arc<ConnInfo>>,
+    pub(super) start: Option<Instant>,
     /// `X-Tether-Session` value (the session key), when the request has one.
-    session: Option<HeaderValue>,
-    backend: Option<(usize, Arc<BackendRt>)>,
+    pub(super) session: Option<HeaderValue>,
+    pub(super) backend: Option<(usize, Arc<BackendRt>)>,
     _live: Option<LiveGuard>,
-    moved: Option<(Arc<str>, MoveReason)>,
+    pub(super) moved: Option<(Arc<str>, MoveReason)>,
     set_cookie: Option<String>,
-    client_ip: Option<IpAddr>,
+    pub(super) client_ip: Option<IpAddr>,
     upgrade: bool,
     upstream_counted: bool,
     /// Backends that failed this request before answering (retries go elsewhere).
@@ -85,62 +86,7 @@ async fn answer(
     Ok(true)
 }
 
-/// Did the client's raw header block carry a `Content-Length` line?
-fn raw_has_content_length(session: &Session) -> bool {
-    let Some(h1) = session.as_downstream().as_http1() else {
-        return false;
-    };
-    h1.get_headers_raw_bytes()
-        .split(|&b| b == b'\n')
-        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
-}
-
 impl Router {
-    /// The client's address: the peer, or the first untrusted hop of
-    /// `X-Forwarded-For` when the peer is a trusted proxy.
-    fn client_ip(l: &ListenerRt, req: &RequestHeader, peer: Option<IpAddr>) -> Option<IpAddr> {
-        let peer = peer?;
-        if !l.is_trusted(peer) {
-            return Some(peer);
-        }
-        let mut last = peer;
-        for v in req.headers.get_all("x-forwarded-for").iter().rev() {
-            let Ok(s) = v.to_str() else { break };
-            for hop in s.rsplit(',') {
-                match hop.trim().parse::<IpAddr>() {
-                    Ok(ip) if l.is_trusted(ip) => last = ip,
-                    Ok(ip) => return Some(ip),
-                    Err(_) => return Some(last),
-                }
-            }
-        }
-        Some(last)
-    }
-
-    /// Remove what clients must not send upstream: `X-Tether-*` and non-WebSocket upgrades.
-    fn sanitize(req: &mut RequestHeader) -> bool {
-        let strip: Vec<_> = req
-            .headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("x-tether-"))
-            .cloned()
-            .collect();
-        for k in strip {
-            req.remove_header(&k);
-        }
-        let Some(up) = req.headers.get(header::UPGRADE) else {
-            return false;
-        };
-        if up.as_bytes().eq_ignore_ascii_case(b"websocket") {
-            return true;
-        }
-        // Only WebSocket is tunnelled: any other upgrade (h2c...) is served as plain HTTP/1.1.
-        req.remove_header(&header::UPGRADE);
-        req.remove_header(&header::CONNECTION);
-        req.remove_header("http2-settings");
-        false
-    }
-
     /// Find the key and decide the backend. `Ok(true)`: answered already.
     async fn decide(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let l = ctx.l.clone();
@@ -256,50 +202,13 @@ impl Router {
         ctx.tried.len() <= MAX_RETRIES && ctx.l.pool.pick_alternative(h, &ctx.tried).is_some()
     }
 
-    /// Spec rule 7: what every request forwarded upstream carries.
-    fn rewrite_upstream(&self, session: &Session, up: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
-        if let Some(v) = &ctx.session {
-            up.insert_header("x-tether-session", v.clone())?;
-        }
-        if let Some((from, reason)) = &ctx.moved {
-            up.insert_header("x-tether-moved-from", &**from)?;
-            up.insert_header("x-tether-move-reason", reason.as_str())?;
-        }
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        if let Some(peer) = peer {
-            let trusted = ctx.l.is_trusted(peer);
-            let prior = up
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .filter(|_| trusted);
-            let xff = match prior {
-                Some(p) => format!("{p}, {peer}"),
-                None => peer.to_string(),
-            };
-            up.insert_header("x-forwarded-for", xff)?;
-            if !(trusted && up.headers.contains_key("x-forwarded-proto")) {
-                let proto = if ctx.l.cfg.protocol.is_tls() {
-                    "https"
-                } else {
-                    "http"
-                };
-                up.insert_header("x-forwarded-proto", proto)?;
-            }
-        }
-        Ok(())
-    }
-
     /// Serve a WebSocket upgrade end to end (see `tunnel`). Always answers.
     async fn tunnel(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let Some((_, b)) = ctx.backend.clone() else {
             return answer(session, 503, &[("retry-after", "1")]).await;
         };
         let mut req = session.req_header().clone();
-        self.rewrite_upstream(session, &mut req, ctx)?;
+        hygiene::rewrite_upstream(session, &mut req, ctx)?;
         let pool_cfg = ctx.l.pool.cfg();
         let t = tunnel::Timeouts {
             connect: pool_cfg.timeouts.connect,
@@ -346,28 +255,6 @@ impl Router {
     }
 }
 
-/// One `tether::access` line for a finished request. The session key is
-/// logged as a hash and no header or query is: cookies and tokens stay out.
-fn access_log(session: &Session, ctx: &Ctx, status: u16, bytes_in: usize, bytes_out: usize) {
-    let l = &ctx.l;
-    let key = ctx.session.as_ref().and_then(|v| v.to_str().ok());
-    tracing::info!(
-        target: "tether::access",
-        listener = %l.cfg.name,
-        pool = %l.pool.name,
-        backend = %ctx.backend.as_ref().map_or("", |(_, b)| &*b.id),
-        client = %ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-        method = %session.req_header().method,
-        status,
-        session = %key.map(crate::pool::key_hash).unwrap_or_default(),
-        bytes_in,
-        bytes_out,
-        duration_ms = ctx.start.map_or(0, |s| s.elapsed().as_millis() as u64),
-        moved_from = %ctx.moved.as_ref().map_or("", |(f, _)| &**f),
-        "request"
-    );
-}
-
 #[async_trait]
 impl ProxyHttp for Router {
     type CTX = Ctx;
@@ -409,15 +296,17 @@ impl ProxyHttp for Router {
         let req = session.req_header();
         // Request smuggling guard (RFC 9112 6.1): both framings at once is an attack or a bug.
         // pingora drops Content-Length when both are present, so look at the raw header.
-        if req.headers.contains_key(header::TRANSFER_ENCODING) && raw_has_content_length(session) {
+        if req.headers.contains_key(header::TRANSFER_ENCODING)
+            && hygiene::raw_has_content_length(session)
+        {
             return answer(session, 400, &[]).await;
         }
         let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        ctx.client_ip = Self::client_ip(&ctx.l, session.req_header(), peer);
-        ctx.upgrade = Self::sanitize(session.req_header_mut());
+        ctx.client_ip = hygiene::client_ip(&ctx.l, session.req_header(), peer);
+        ctx.upgrade = hygiene::sanitize(session.req_header_mut());
         if self.decide(session, ctx).await? {
             return Ok(true);
         }
@@ -570,7 +459,7 @@ impl ProxyHttp for Router {
         up: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        self.rewrite_upstream(session, up, ctx)
+        hygiene::rewrite_upstream(session, up, ctx)
     }
 
     async fn response_filter(
@@ -653,7 +542,7 @@ impl ProxyHttp for Router {
         l.bytes_in.inc_by(bytes_in as u64);
         l.bytes_out.inc_by(bytes_out as u64);
         if l.cfg.access_log {
-            access_log(session, ctx, status, bytes_in, bytes_out);
+            hygiene::access_log(session, ctx, status, bytes_in, bytes_out);
         }
         if ctx.upstream_counted {
             if let Some((_, b)) = &ctx.backend {

@@ -134,116 +134,13 @@ fn peer(stream: &UnixStream) -> Result<u32, (u32, u32)> {
     }
 }
 
-/// A framed stream; its reads keep every descriptor that came with them.
-struct Conn {
-    stream: UnixStream,
-    buf: Vec<u8>,
-    fds: VecDeque<OwnedFd>,
-    gone: fn(&'static str) -> UpgradeError,
-}
+mod exe;
+mod wire;
 
-impl Conn {
-    fn new(stream: UnixStream, gone: fn(&'static str) -> UpgradeError) -> Conn {
-        let (buf, fds) = (Vec::new(), VecDeque::new());
-        Conn {
-            stream,
-            buf,
-            fds,
-            gone,
-        }
-    }
-
-    fn failed(&self, e: io::Error, stage: &'static str) -> UpgradeError {
-        use io::ErrorKind::*;
-        match e.kind() {
-            BrokenPipe | ConnectionReset | UnexpectedEof => (self.gone)(stage),
-            InvalidData => protocol(stage, e.to_string()),
-            _ => io_err(format!("upgrade rendezvous, {stage}"))(e),
-        }
-    }
-
-    async fn send(
-        &self,
-        kind: u8,
-        body: &[u8],
-        fds: &[RawFd],
-        stage: &'static str,
-    ) -> Result<(), UpgradeError> {
-        let frame = [&(body.len() as u32 + 1).to_be_bytes()[..], &[kind], body].concat();
-        let (raw, flags) = (self.stream.as_raw_fd(), MsgFlags::MSG_NOSIGNAL);
-        let mut sent = 0;
-        while sent < frame.len() {
-            // The descriptors travel with the first byte that leaves.
-            let rights = [ControlMessage::ScmRights(fds)];
-            let cmsgs = if sent == 0 && !fds.is_empty() {
-                &rights[..]
-            } else {
-                &[]
-            };
-            let rest = [IoSlice::new(&frame[sent..])];
-            let send = || Ok(sock::sendmsg::<()>(raw, &rest, cmsgs, flags, None)?);
-            let n = self.stream.async_io(Interest::WRITABLE, send).await;
-            sent += n.map_err(|e| self.failed(e, stage))?;
-        }
-        Ok(())
-    }
-
-    /// The next frame as (kind, body); `None` at a clean end of stream.
-    async fn recv(&mut self) -> io::Result<Option<(u8, Vec<u8>)>> {
-        loop {
-            if let Some(head) = self.buf.first_chunk::<4>() {
-                let len = u32::from_be_bytes(*head) as usize;
-                if len == 0 || len > MAX_FRAME {
-                    let e = format!("a frame of {len} bytes");
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-                }
-                if self.buf.len() >= 4 + len {
-                    let mut frame = self.buf.drain(..4 + len).skip(4);
-                    return Ok(Some((frame.next().unwrap_or(0), frame.collect())));
-                }
-            }
-            let (mut chunk, mut space) = ([0u8; 4096], nix::cmsg_space!([RawFd; SCM_MAX_FD]));
-            let (raw, flags) = (self.stream.as_raw_fd(), MsgFlags::MSG_CMSG_CLOEXEC);
-            let read = || {
-                let mut iov = [IoSliceMut::new(&mut chunk)];
-                let msg = sock::recvmsg::<()>(raw, &mut iov, Some(&mut space), flags)?;
-                let mut fds = Vec::new();
-                for cmsg in msg.cmsgs()? {
-                    if let ControlMessageOwned::ScmRights(received) = cmsg {
-                        // SAFETY: SCM_RIGHTS just installed these descriptors in our
-                        // table for this message; nothing else knows or owns them.
-                        fds.extend(
-                            received
-                                .into_iter()
-                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                        );
-                    }
-                }
-                Ok((msg.bytes, fds))
-            };
-            let (n, fds) = self.stream.async_io(Interest::READABLE, read).await?;
-            self.fds.extend(fds);
-            match (n, self.buf.is_empty()) {
-                (0, true) => return Ok(None),
-                (0, false) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                _ => self.buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-    }
-
-    /// The next frame, which must be of `kind` (`stage` names it in errors).
-    async fn expect(&mut self, kind: u8, stage: &'static str) -> Result<Vec<u8>, UpgradeError> {
-        match self.recv().await {
-            Ok(Some((k, body))) if k == kind => Ok(body),
-            Ok(Some((REFUSED, why))) => Err(UpgradeError::PeerRefused(
-                String::from_utf8_lossy(&why).into(),
-            )),
-            Ok(Some((k, _))) => Err(protocol(stage, format!("a frame of kind {k}"))),
-            Ok(None) => Err((self.gone)(stage)),
-            Err(e) => Err(self.failed(e, stage)),
-        }
-    }
-}
+#[cfg(test)]
+use exe::resolve_argv0;
+pub use exe::{remember_start, successor_command, successor_exe};
+use wire::Conn;
 
 /// Old side: the bound rendezvous. Dropping it frees the name at once.
 pub struct Offer {
@@ -528,74 +425,5 @@ impl Predecessor {
     }
 }
 
-/// The executable tether was started as, and the directory it started in.
-static START: OnceLock<(Option<PathBuf>, Option<PathBuf>)> = OnceLock::new();
-
-/// Call first thing in `main`: remembers the path tether was started as
-/// (argv[0] made absolute, or found on `PATH`), which still names the
-/// installed binary once a package upgrade replaced it (`/proc/self/exe` then
-/// reads "... (deleted)") and, if it is a symlink, is followed anew.
-pub fn remember_start() {
-    START.get_or_init(|| {
-        let dir = std::env::current_dir().ok();
-        let argv0 = std::env::args_os().next().map(PathBuf::from);
-        let path = std::env::var_os("PATH");
-        let exe = argv0.and_then(|a| resolve_argv0(&a, dir.as_deref(), path.as_deref()));
-        (exe.or_else(|| std::env::current_exe().ok()), dir)
-    });
-}
-
-fn resolve_argv0(argv0: &Path, dir: Option<&Path>, path: Option<&OsStr>) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let is_exe = |p: &Path| {
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    let found = match argv0.as_os_str().as_bytes().contains(&b'/') {
-        true => argv0.to_path_buf(),
-        false => std::env::split_paths(path?)
-            .map(|d| d.join(argv0))
-            .find(|c| is_exe(c))?,
-    };
-    let found = if found.is_absolute() {
-        found
-    } else {
-        dir?.join(found)
-    };
-    is_exe(&found).then_some(found)
-}
-
-/// The binary to start as successor: the remembered start path while it
-/// exists, else the running image's path without " (deleted)".
-pub fn successor_exe() -> PathBuf {
-    if let Some((Some(exe), _)) = START
-        .get()
-        .filter(|(exe, _)| exe.as_ref().is_some_and(|e| e.is_file()))
-    {
-        return exe.clone();
-    }
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-    match exe.as_os_str().as_bytes().strip_suffix(b" (deleted)") {
-        Some(kept) => PathBuf::from(OsStr::from_bytes(kept)),
-        None => exe,
-    }
-}
-
-/// `<exe> --upgrade --config <config, absolute>`, stdin closed, stdout and
-/// stderr inherited. Append other flags (e.g. `--log-format`) to it.
-pub fn successor_command(config: &Path) -> Command {
-    let config = match START.get() {
-        Some((_, Some(dir))) => dir.join(config),
-        _ => std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf()),
-    };
-    let mut cmd = Command::new(successor_exe());
-    cmd.arg("--upgrade").arg("--config").arg(config);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit());
-    cmd
-}
-
 #[cfg(test)]
-#[path = "upgrade_tests.rs"]
 mod tests;
