@@ -339,7 +339,7 @@ async fn listeners_come_and_go_without_touching_the_others() {
     let r = api_reload(&t).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
-        r.json()["summary"]["listeners"]["added"][0],
+        r.json()["summary"]["listeners"]["changed"][0],
         "web",
         "{}",
         r.text()

@@ -261,7 +261,12 @@ impl Listeners {
                 },
                 Binding::Fresh(socket) => {
                     log_bound(&name, &socket);
-                    ch.added.push(name);
+                    // Same name on a new bind: re-bound (its old socket closes below).
+                    let rebound = old.iter().flatten().any(|h| h.name == name);
+                    match rebound {
+                        true => ch.changed.push(name),
+                        false => ch.added.push(name),
+                    }
                     start(Arc::new(socket), rt, shared)
                 }
             };
