@@ -26,6 +26,7 @@ async fn ping_pools_sessions_and_metrics() {
     let pools = a.get("/api/pools", &[]).await.unwrap().json();
     let pool = &pools["pools"][0];
     assert_eq!(pool["name"], "app");
+    assert!(pools["vip"].is_null(), "no vip configured: {pools}");
     let ids: Vec<_> = pool["backends"]
         .as_array()
         .unwrap()

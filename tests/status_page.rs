@@ -300,14 +300,14 @@ async fn status_page_shows_backends_follows_health_and_drains() {
     )
     .await
     .expect("light mode");
-    // No VIP in this config: /api/vip answers 404, which the page handles (hides the VIP).
+    // No VIP in this config: `vip` is null in /api/pools and the page hides it.
     assert_eq!(
         page.eval("document.getElementById('vip').hidden")
             .await
             .unwrap(),
         Value::Bool(true)
     );
-    let errors = unexpected_errors(&page, &[("/api/vip", 404)]);
+    let errors = unexpected_errors(&page, &[]);
     assert!(errors.is_empty(), "console errors on load: {errors:#?}");
 
     // b) a killed backend shows as down within a few seconds
@@ -484,7 +484,7 @@ async fn status_page_shows_backends_follows_health_and_drains() {
         .unwrap();
     assert!(text.as_str().unwrap().contains("trigger api"), "{text}");
     shoot(&page, "status-page-reload-error").await;
-    let errors = unexpected_errors(&page, &[("/api/vip", 404)]);
+    let errors = unexpected_errors(&page, &[]);
     assert!(errors.is_empty(), "console errors: {errors:#?}");
 
     // f) tether gone: a quiet "disconnected" badge, no exception, the last data kept
@@ -627,8 +627,8 @@ async fn status_page_asks_for_the_token_when_reads_are_protected() {
     )
     .await;
     shoot(&page, "status-page-token-drain").await;
-    // Only the 401s that asked for the token (and the VIP's 404) were logged.
-    let errors = unexpected_errors(&page, &[("/api/vip", 404), ("", 401)]);
+    // Only the 401s that asked for the token were logged.
+    let errors = unexpected_errors(&page, &[("", 401)]);
     assert!(errors.is_empty(), "console errors: {errors:#?}");
     drop(page);
     drop(cdp);
@@ -705,15 +705,17 @@ async fn status_page_asks_for_the_token_when_a_drain_needs_it() {
 
     // The VIP and a successful reload, as the page renders them: a real VIP
     // needs a network namespace (tests/vip.rs), so these two answers are
-    // stubbed in the page. A new reload makes the page ask /api/vip again.
+    // stubbed in the page.
     page.eval(
         r#"(() => {
             const real = window.fetch.bind(window);
             const answer = (body) => Promise.resolve(new Response(JSON.stringify(body),
                 { status: 200, headers: { "content-type": "application/json" } }));
             window.fetch = (url, opts) => {
-                if (url === "/api/vip") return answer({ address: "198.18.0.100/24", role: "leader",
-                    holder: "node-a", since: Date.now() - 90000 });
+                if (url === "/api/pools") return real(url, opts).then((r) => r.json()).then((b) => {
+                    b.vip = { address: "198.18.0.100/24", role: "leader", holder: "node-a",
+                        since: Date.now() - 90000 };
+                    return answer(b); });
                 if (url === "/api/reload") return answer({ trigger: "signal", at_unix_ms: Date.now() - 5000,
                     result: "ok", summary: { pools_added: [], pools_removed: [], pools: { app: {} },
                     not_applied: ["admin.listen"] } });
@@ -753,7 +755,7 @@ async fn status_page_asks_for_the_token_when_a_drain_needs_it() {
     shoot(&page, "status-page-vip").await;
 
     // The refused POST's 401 is the only error logged.
-    let errors = unexpected_errors(&page, &[("/api/vip", 404), ("/drain", 401)]);
+    let errors = unexpected_errors(&page, &[("/drain", 401)]);
     assert!(errors.is_empty(), "console errors: {errors:#?}");
     drop(page);
     drop(cdp);

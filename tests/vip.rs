@@ -594,6 +594,9 @@ async fn admin_api_and_metrics_agree_with_the_address() {
             "{vb}"
         );
         assert_eq!(lab.holders(VIP), ["a"]);
+        // The status page reads the same status from /api/pools.
+        let pools = a.admin("GET", "/api/pools").await.unwrap().json();
+        assert_eq!(pools["vip"]["role"], "leader", "{pools}");
         assert_eq!(a.metric("tether_vip_leader").await, 1.0);
         assert_eq!(b.metric("tether_vip_leader").await, 0.0);
         let ta = a.metric("tether_vip_transitions_total").await;

@@ -69,7 +69,10 @@ fn pools(state: &AdminState) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "pools": pools })
+    // The VIP's status rides along, so the status page needs no second call
+    // (and no 404 in its console) when none is configured.
+    let vip = state.vip.as_ref().map(|v| v.status());
+    json!({ "pools": pools, "vip": vip })
 }
 
 async fn session(pool: &PoolRt, method: &Method, key: &str) -> Response<Vec<u8>> {
