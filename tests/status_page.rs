@@ -101,6 +101,13 @@ async fn expect(
     }
 }
 
+/// tether on `yaml` with `admin.token_file` holding `TOKEN`, plus `admin` settings.
+fn with_token(b: &[common::whoami::Running], admin: &str) -> Tether {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    Tether::start_in(dir, &yaml(b, &format!(", token_file: token{admin}")))
+}
+
 async fn shoot(page: &Page, name: &str) {
     let path = artifact(name);
     page.screenshot(&path)
@@ -506,9 +513,7 @@ async fn status_page_shows_backends_follows_health_and_drains() {
         .filter(|e| e.source.as_deref() != Some("network"))
         .collect();
     assert!(thrown.is_empty(), "errors once disconnected: {thrown:#?}");
-    drop(page);
-    drop(cdp);
-    drop(chrome);
+    drop((page, cdp, chrome));
     for be in b {
         be.shutdown().await;
     }
@@ -519,9 +524,7 @@ async fn status_page_asks_for_the_token_when_reads_are_protected() {
     let _serial = SERIAL.lock().await;
     let chrome = Chromium::launch();
     let b = backends(3).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
-    let t = Tether::start_in(dir, &yaml(&b, ", token_file: token, protect_reads: true"));
+    let t = with_token(&b, ", protect_reads: true");
     // The contract: reads need the token too.
     let r = Client::new(t.admin).get("/api/pools", &[]).await.unwrap();
     assert_eq!(
@@ -630,9 +633,7 @@ async fn status_page_asks_for_the_token_when_reads_are_protected() {
     // Only the 401s that asked for the token were logged.
     let errors = unexpected_errors(&page, &[("", 401)]);
     assert!(errors.is_empty(), "console errors: {errors:#?}");
-    drop(page);
-    drop(cdp);
-    drop(chrome);
+    drop((page, cdp, chrome));
     for be in b {
         be.shutdown().await;
     }
@@ -643,10 +644,8 @@ async fn status_page_asks_for_the_token_when_a_drain_needs_it() {
     let _serial = SERIAL.lock().await;
     let chrome = Chromium::launch();
     let b = backends(3).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
     // Reads open, mutating calls behind the token.
-    let t = Tether::start_in(dir, &yaml(&b, ", token_file: token"));
+    let t = with_token(&b, "");
     for id in ["b1", "b2", "b3"] {
         wait_state(&t, id, "up", Duration::from_secs(5)).await;
     }
@@ -757,9 +756,7 @@ async fn status_page_asks_for_the_token_when_a_drain_needs_it() {
     // The refused POST's 401 is the only error logged.
     let errors = unexpected_errors(&page, &[("/drain", 401)]);
     assert!(errors.is_empty(), "console errors: {errors:#?}");
-    drop(page);
-    drop(cdp);
-    drop(chrome);
+    drop((page, cdp, chrome));
     for be in b {
         be.shutdown().await;
     }

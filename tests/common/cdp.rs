@@ -14,7 +14,6 @@
 //! ```
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,19 +86,7 @@ impl Chromium {
             .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
-            // Keep draining stderr for the process's whole life.
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let _ = tx.send(line.clone());
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
+        let (log, rx) = super::drain_lines(child.stderr.take().expect("stderr"));
         let mut chrome = Chromium {
             child,
             ws_url: String::new(),

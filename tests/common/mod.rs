@@ -85,19 +85,7 @@ impl Tether {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tether");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
-            // Keep draining stderr for the whole life of the process, or it blocks on logging.
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let _ = tx.send(line.clone());
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
+        let (log, rx) = drain_lines(child.stderr.take().expect("stderr"));
         let mut listeners = HashMap::new();
         let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -187,6 +175,38 @@ fn parse_listening(line: &str) -> Option<(String, SocketAddr)> {
     Some((name.to_string(), addr.parse().ok()?))
 }
 
+/// Read `out` line by line on a thread for the whole life of the process (a
+/// full pipe would block its logging): every line is kept in the returned log
+/// and also sent on the channel, for whoever waits for a particular one.
+pub fn drain_lines(
+    out: impl std::io::Read + Send + 'static,
+) -> (Arc<Mutex<Vec<String>>>, std::sync::mpsc::Receiver<String>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            kept.lock().unwrap().push(line);
+        }
+    });
+    (log, rx)
+}
+
+/// `target/<profile>/examples/whoami` next to the tether binary under test.
+pub fn whoami_bin() -> PathBuf {
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tether"))
+        .parent()
+        .expect("target dir")
+        .join("examples/whoami");
+    assert!(
+        exe.exists(),
+        "{} missing: run `cargo build --examples` (make test does)",
+        exe.display()
+    );
+    exe
+}
+
 /// Start `n` whoami backends `b1..bn` on ephemeral ports.
 pub async fn backends(n: usize) -> Vec<whoami::Running> {
     let mut v = Vec::new();
@@ -244,15 +264,7 @@ impl ProcBackend {
     }
 
     pub fn start_on(id: &str, listen: &str) -> ProcBackend {
-        let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tether"))
-            .parent()
-            .expect("target dir")
-            .join("examples/whoami");
-        assert!(
-            exe.exists(),
-            "{} missing: run `cargo build --examples` (make test does)",
-            exe.display()
-        );
+        let exe = whoami_bin();
         let mut child = Command::new(&exe)
             .args(["--id", id, "--listen", listen])
             .stdout(Stdio::piped())

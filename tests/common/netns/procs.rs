@@ -330,19 +330,7 @@ pub fn backends_yaml(backends: &[Backend]) -> String {
         .collect()
 }
 
-/// `target/<profile>/examples/whoami` next to the tether binary under test.
-pub fn whoami_bin() -> PathBuf {
-    let exe = Path::new(env!("CARGO_BIN_EXE_tether"))
-        .parent()
-        .expect("target dir")
-        .join("examples/whoami");
-    assert!(
-        exe.exists(),
-        "{} missing: run `cargo build --examples` (make test does)",
-        exe.display()
-    );
-    exe
-}
+pub use crate::common::whoami_bin;
 
 /// tether running in a node's namespace (`Lab::tether`). Derefs to `Tether`
 /// (log, pid, admin address — an address inside the node's namespace).
