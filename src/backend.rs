@@ -16,7 +16,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus::IntGauge;
 
 use crate::config::BackendAddr;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 /// Monotonic milliseconds since the process started (0 is never a real instant here).
 pub fn mono_ms() -> u64 {
@@ -54,25 +54,40 @@ pub enum CloseReason {
     Shutdown = 2,
 }
 
-/// The handle tether keeps on one live tunnel.
+/// The tunnel's monotonic clock as a tokio instant (the inverse of [`mono_ms`]).
+pub fn mono_instant(ms: u64) -> tokio::time::Instant {
+    static START: OnceLock<(u64, tokio::time::Instant)> = OnceLock::new();
+    let (at, base) = *START.get_or_init(|| (mono_ms(), tokio::time::Instant::now()));
+    if ms >= at {
+        base + Duration::from_millis(ms - at)
+    } else {
+        base.checked_sub(Duration::from_millis(at - ms))
+            .unwrap_or(base)
+    }
+}
+
+/// The handle tether keeps on one live tunnel: the tunnel's task polls it
+/// with its other events, so a close reaches it whatever it is blocked on.
 #[derive(Default)]
 pub struct TunnelCtl {
-    close: Notify,
+    waker: AtomicWaker,
+    /// 0 while open, else a `CloseReason`.
     reason: AtomicU8,
 }
 
 impl TunnelCtl {
     pub fn close(&self, why: CloseReason) {
         self.reason.store(why as u8, Ordering::Release);
-        self.close.notify_one();
+        self.waker.wake();
     }
 
-    /// Resolves once `close` was called; gives the reason.
-    pub async fn closed(&self) -> CloseReason {
-        self.close.notified().await;
+    /// `Some` once `close` was called; until then the task is woken by it.
+    pub fn poll_closed(&self, cx: &mut std::task::Context<'_>) -> Option<CloseReason> {
+        self.waker.register(cx.waker());
         match self.reason.load(Ordering::Acquire) {
-            2 => CloseReason::Shutdown,
-            _ => CloseReason::Moved,
+            0 => None,
+            2 => Some(CloseReason::Shutdown),
+            _ => Some(CloseReason::Moved),
         }
     }
 }

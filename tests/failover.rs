@@ -84,15 +84,14 @@ async fn open_sessions(t: &Tether, n: usize) -> Vec<Sess> {
     out
 }
 
-/// Freeze or kill the busiest backend under 200 WebSocket sessions and check
-/// every affected client is closed with 1012 within 1 s of the mark-down and
-/// lands, with its cookie, on one new backend that learns the move exactly once.
-async fn backend_dies_under_websockets(sig: Signal) {
+/// Three backend processes, tether, and 200 sessions each holding a
+/// WebSocket; the backend with the most sessions is the victim.
+async fn three_backends_under_websockets() -> (Vec<ProcBackend>, Tether, Vec<Sess>, String, usize) {
     let procs: Vec<ProcBackend> = (1..=3)
         .map(|i| ProcBackend::start(&format!("b{i}")))
         .collect();
     let t = Tether::start(&yaml(&proc_backend_yaml(&procs), FAST_HEALTH, ""));
-    let mut sessions = open_sessions(&t, 200).await;
+    let sessions = open_sessions(&t, 200).await;
     let mut per: HashMap<String, usize> = HashMap::new();
     for s in &sessions {
         *per.entry(s.owner.clone()).or_default() += 1;
@@ -102,6 +101,16 @@ async fn backend_dies_under_websockets(sig: Signal) {
         .max_by_key(|(_, n)| **n)
         .map(|(id, _)| id.clone())
         .unwrap();
+    let affected = per[&victim];
+    (procs, t, sessions, victim, affected)
+}
+
+/// Freeze the busiest backend under 200 WebSocket sessions (its sockets stay
+/// open: only tether's checks notice) and check every affected client is
+/// closed with 1012 within 1 s of the mark-down and lands, with its cookie,
+/// on one new backend that learns the move exactly once.
+async fn backend_freezes_under_websockets(sig: Signal) {
+    let (procs, t, mut sessions, victim, affected) = three_backends_under_websockets().await;
     let vi = procs.iter().position(|p| p.id == victim).unwrap();
 
     // Watch every affected WebSocket for its close.
@@ -179,17 +188,107 @@ async fn backend_dies_under_websockets(sig: Signal) {
             );
         }
     }
-    assert_eq!(new_owner.len(), per[&victim]);
+    assert_eq!(new_owner.len(), affected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_backend_sessions_move_within_a_second() {
-    backend_dies_under_websockets(Signal::SIGSTOP).await;
+    backend_freezes_under_websockets(Signal::SIGSTOP).await;
 }
 
+/// A killed backend's clients learn it at once (their connections end as
+/// the backend's did, with no frame of tether's), reconnect without waiting
+/// for any health check, land on the backend the re-pin will choose, and
+/// stay there: the mark-down (passive, from their own refused reconnects, or
+/// active) closes none of them again, and the session moves once, to that
+/// same backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_backend_sessions_move_within_a_second() {
-    backend_dies_under_websockets(Signal::SIGKILL).await;
+async fn killed_backend_clients_move_once() {
+    let (procs, t, mut sessions, victim, affected) = three_backends_under_websockets().await;
+    let vi = procs.iter().position(|p| p.id == victim).unwrap();
+    let start = Instant::now();
+    let mut watchers = Vec::new();
+    for s in sessions.iter_mut().filter(|s| s.owner == victim) {
+        let mut ws = s.ws.take().unwrap();
+        let cookie = s.cookie.clone();
+        watchers.push(tokio::spawn(async move {
+            let end = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Close(f))) => {
+                            return Err(format!("tether added a close frame {f:?}"))
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(_)) | None => return Ok(start.elapsed()),
+                    }
+                }
+            })
+            .await;
+            (cookie, end)
+        }));
+    }
+    procs[vi].signal(Signal::SIGKILL);
+    let mut reconnected = Vec::new();
+    for w in watchers {
+        let (cookie, end) = w.await.unwrap();
+        let ended = end.expect("the connection ends").unwrap();
+        assert!(
+            ended < Duration::from_secs(1),
+            "ended {ended:?} after the kill"
+        );
+        let mut ws = ws_connect(&t, &cookie).await;
+        let owner = echo(&mut ws, "again").await;
+        assert_ne!(owner, victim, "reconnected elsewhere");
+        reconnected.push((cookie, owner, ws));
+    }
+    wait_state(&t, &victim, "down", Duration::from_secs(5)).await;
+    // Give the mark-down's migration time to close anything it would close.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (cookie, owner, ws) in reconnected.iter_mut() {
+        assert_eq!(
+            echo(ws, "still").await,
+            *owner,
+            "the mark-down did not close it again"
+        );
+        let h = format!("TETHER={cookie}");
+        let r = Client::new(t.addr("web"))
+            .get("/", &[("Cookie", &h)])
+            .await
+            .unwrap();
+        assert_eq!(
+            backend_of(&r),
+            *owner,
+            "the re-pin chose where it reconnected"
+        );
+        // The first request after the re-pin carries the move: this one, or
+        // the reconnect's upgrade if the re-pin came first.
+        let first = &r.json()["headers"]["x-tether-moved-from"];
+        assert!(first.is_null() || first == victim.as_str(), "{first}");
+        let again = Client::new(t.addr("web"))
+            .get("/", &[("Cookie", &h)])
+            .await
+            .unwrap();
+        assert_eq!(backend_of(&again), *owner);
+        assert!(again.json()["headers"].get("x-tether-moved-from").is_none());
+    }
+    assert_eq!(reconnected.len(), affected);
+    // Each session moved exactly once, to where its client reconnected.
+    let m = common::tcp::metrics(&t).await;
+    let moves: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("tether_session_moves_total{"))
+        .filter(|l| l.contains(&format!("from=\"{victim}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(moves as usize, affected, "{m}");
+    for s in sessions.iter_mut().filter(|s| s.owner != victim) {
+        let ws = s.ws.as_mut().unwrap();
+        assert_eq!(
+            echo(ws, "still").await,
+            s.owner,
+            "unaffected WebSockets stay open"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,7 +71,15 @@ pub(crate) fn listener(
         ),
         idle: dur("idle", t.idle.as_ref(), IDLE_TIMEOUT),
         keepalive: dur("keepalive", t.keepalive.as_ref(), KEEPALIVE_TIMEOUT),
+        half_closed: dur("half_closed", t.half_closed.as_ref(), HALF_CLOSED_TIMEOUT),
     };
+    let backlog = raw.backlog.unwrap_or(DEFAULT_BACKLOG);
+    if backlog == 0 || backlog > BACKLOG_MAX {
+        r.err(
+            &path.key("backlog"),
+            format!("backlog must be between 1 and {BACKLOG_MAX}"),
+        );
+    }
     let ap = path.key("affinity");
     let key = key(r, &ap.key("key"), &raw.affinity.key, session_ttl)
         .filter(|k| key_fits(r, &ap.key("key"), k, protocol));
@@ -95,6 +103,7 @@ pub(crate) fn listener(
             max_connections,
             timeouts,
             max_header_bytes,
+            backlog,
             proxy_protocol,
             tls,
             h2c,

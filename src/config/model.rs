@@ -257,7 +257,10 @@ impl std::fmt::Display for Webhook {
 #[derive(Debug, Clone, Copy)]
 pub struct PoolTimeouts {
     pub connect: Duration,
+    /// The wait for a response head, once the request is sent.
     pub response_header: Duration,
+    /// The longest quiet gap while a response body streams.
+    pub response_idle: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -389,6 +392,8 @@ pub struct Listener {
     pub timeouts: ListenerTimeouts,
     /// Largest request header block accepted; bigger ones get 431.
     pub max_header_bytes: usize,
+    /// The listening socket's accept queue (`listen(2)` backlog).
+    pub backlog: u32,
     /// Read a PROXY v1/v2 header first (believed only from `trusted_proxies`).
     pub proxy_protocol: bool,
     /// `https` and `tls` listeners: always `Some`; others: `None`.
@@ -408,6 +413,9 @@ pub struct ListenerTimeouts {
     pub idle: Duration,
     /// How long an idle keepalive connection waits for its next request.
     pub keepalive: Duration,
+    /// A tunnel (WebSocket, tcp session) one side has closed ends after this
+    /// unless the other side closes too.
+    pub half_closed: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -63,6 +63,13 @@ pub(crate) fn pool(r: &mut Report, path: &KeyPath, name: &str, value: &Value) ->
             RESPONSE_HEADER_TIMEOUT,
             Zero::Rejected,
         ),
+        response_idle: values::duration(
+            r,
+            &tp.key("response_idle"),
+            t.response_idle.as_ref(),
+            RESPONSE_IDLE_TIMEOUT,
+            Zero::Rejected,
+        ),
     };
     let health = health(r, &path.key("health"), raw.health);
     let notify = raw.notify.and_then(|n| notify(r, &path.key("notify"), n));

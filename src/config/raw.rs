@@ -54,6 +54,9 @@ pub(crate) const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// `pools.*.timeouts.response_header`.
 pub(crate) const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// `pools.*.timeouts.response_idle`: the longest quiet gap inside a response body
+/// (Envoy's stream idle timeout, HAProxy's `timeout server`).
+pub(crate) const RESPONSE_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 // `pools.*.health`: absent = kind none (every backend counts as up). When the
 // section is given, `kind` defaults to http and the values below apply.
 /// `pools.*.health.path` (kind http).
@@ -97,6 +100,15 @@ pub(crate) const CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// `listeners[*].timeouts.keepalive`: wait for the next request on a kept-alive connection.
 pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// `listeners[*].timeouts.half_closed`: a tunnel one side has closed ends
+/// after this if the other side does not follow (HAProxy's `timeout client-fin`).
+pub(crate) const HALF_CLOSED_TIMEOUT: Duration = Duration::from_secs(30);
+/// `listeners[*].backlog`: the accept queue. A reconnect storm of thousands
+/// of clients must fit: a SYN dropped on a full queue costs its client a 1 s
+/// retransmit. The kernel caps it at `net.core.somaxconn`.
+pub const DEFAULT_BACKLOG: u32 = 4096;
+/// `listeners[*].backlog` upper bound (the kernel's own limit on `somaxconn`).
+pub(crate) const BACKLOG_MAX: u32 = 65_535;
 // `listeners[*].affinity.fallback`: source_ip. `affinity.key` has no default.
 // Cookie insert: `max_age` defaults to `store.session_ttl` (a cookie should not
 // outlive its session); `secret_file` absent = secret generated once and kept
@@ -276,11 +288,12 @@ pub(crate) enum RawFailback {
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "pool timeouts like { connect: 2s, response_header: 30s }"
+    expecting = "pool timeouts like { connect: 2s, response_header: 30s, response_idle: 5m }"
 )]
 pub(crate) struct RawPoolTimeouts {
     pub connect: Option<Scalar>,
     pub response_header: Option<Scalar>,
+    pub response_idle: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -354,6 +367,7 @@ pub(crate) struct RawListener {
     pub pool: Scalar,
     pub max_connections: Option<usize>,
     pub max_header_bytes: Option<usize>,
+    pub backlog: Option<u32>,
     pub timeouts: Option<RawListenerTimeouts>,
     pub proxy_protocol: Option<RawProxyProtocol>,
     pub tls: Option<RawListenerTls>,
@@ -407,12 +421,13 @@ pub(crate) enum RawProtocol {
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "listener timeouts like { client_header: 10s, idle: 1h, keepalive: 60s }"
+    expecting = "listener timeouts like { client_header: 10s, idle: 1h, keepalive: 60s, half_closed: 30s }"
 )]
 pub(crate) struct RawListenerTimeouts {
     pub client_header: Option<Scalar>,
     pub idle: Option<Scalar>,
     pub keepalive: Option<Scalar>,
+    pub half_closed: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,13 +10,12 @@
 //! Files: `proxy_proto` (PROXY v1/v2 parsing and encoding, pure), `admit`
 //! (reading a PROXY header off an accepted socket, trust, counters), `sni`
 //! (ClientHello parsing, pure), `opening` (reading a key from the first bytes,
-//! bounded), `session` (route, connect with retries, register), `pump`
-//! (the bidirectional copy with half-close, idle timeout and forced close).
+//! bounded), `session` (route, connect with retries, register, then the
+//! copy by `crate::tunnel`).
 
 mod admit;
 mod opening;
 pub mod proxy_proto;
-mod pump;
 mod session;
 pub mod sni;
 

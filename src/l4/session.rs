@@ -22,14 +22,14 @@ use tokio_rustls::server::TlsStream;
 use super::admit::ClientAddr;
 use super::opening::{self, Opening};
 use super::proxy_proto;
-use super::pump::{self, Pump};
 use crate::affinity::hash::hash_key;
 use crate::affinity::key::IpKey;
-use crate::backend::{BackendRt, Health};
+use crate::backend::BackendRt;
 use crate::config::{Fallback, IpMask, Key};
 use crate::l7::listener::ListenerRt;
 use crate::pool::Decision;
 use crate::tls::client::{self, Upstream};
+use crate::tunnel::{self, Mode, Params};
 
 /// Other backends tried after a failed connect, as for HTTP retries.
 const MAX_RETRIES: usize = 2;
@@ -142,27 +142,30 @@ async fn session(
         return;
     };
     let first = opening.bytes;
-    let first_len = first.len();
-    l.bytes_in.inc_by(first.len() as u64);
 
     let _active = Active::new(&backend);
+    // Registered with the backend it is actually connected to: a later
+    // mark-down of the one that refused does not close it again.
     let reg = backend.register_tunnel();
     let started = std::time::Instant::now();
-    let p = Pump {
+    let p = Params {
+        mode: Mode::Raw,
         idle: l.cfg.timeouts.idle,
+        half_closed: l.cfg.timeouts.half_closed,
         ctl: &reg.ctl,
         bytes_in: &l.bytes_in,
         bytes_out: &l.bytes_out,
-        moved: Default::default(),
     };
-    let end = match (client, upstream) {
-        (Client::Tcp(c), Upstream::Plain(u)) => pump::run(c, u, first, opening.eof, &p).await,
-        (Client::Tcp(c), u) => pump::run_io(c, u, first, opening.eof, &p).await,
-        (Client::Tls(c), u) => pump::run_io(*c, u, first, opening.eof, &p).await,
+    let done = match (client, upstream) {
+        (Client::Tcp(c), Upstream::Plain(u)) => {
+            tunnel::run(c, u, first, Vec::new(), opening.eof, &p).await
+        }
+        (Client::Tcp(c), u) => tunnel::run(c, u, first, Vec::new(), opening.eof, &p).await,
+        (Client::Tls(c), u) => tunnel::run(c, u, first, Vec::new(), opening.eof, &p).await,
     };
+    let end = &done.end;
     tracing::debug!(listener = %l.cfg.name, client = %addr.src, backend = %backend.id, %end, "tcp session ended");
     if l.cfg.access_log {
-        use std::sync::atomic::Ordering::Relaxed;
         tracing::info!(
             target: "tether::access",
             listener = %l.cfg.name,
@@ -170,8 +173,8 @@ async fn session(
             backend = %backend.id,
             client = %addr.src,
             session = %key.as_deref().map(crate::pool::key_hash).unwrap_or_default(),
-            bytes_in = p.moved[0].load(Relaxed) + first_len as u64,
-            bytes_out = p.moved[1].load(Relaxed),
+            bytes_in = done.bytes_in,
+            bytes_out = done.bytes_out,
             duration_ms = started.elapsed().as_millis() as u64,
             moved_from = %moved.as_ref().map(|(f, _)| &**f).unwrap_or(""),
             end = %end,
@@ -221,9 +224,7 @@ async fn connect(
             },
         };
         tracing::debug!(pool = %pool.name, backend = %b.id, error = %why, "tcp connect failed");
-        if pool.passive_enabled() && b.passive_failure(cfg.health.fall) {
-            pool.mark_health(&b, Health::Down, "connect failed");
-        }
+        pool.passive_failure(&b, "connect failed");
         tried.push(b);
         if tried.len() > MAX_RETRIES {
             return None;

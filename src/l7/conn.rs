@@ -77,15 +77,34 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 4 << 20;
 
 /// Per-connection state shared with the request filters.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ConnInfo {
     rearm: AtomicBool,
+    /// A request pingora handed to tether to finish itself (a WebSocket
+    /// upgrade): taken by `serve` once pingora lets go of the connection.
+    handoff: std::sync::Mutex<Option<Box<super::websocket::Job>>>,
 }
 
 impl ConnInfo {
     /// The current request is finished: the next bytes start a new header block.
     pub fn request_done(&self) {
         self.rearm.store(true, Ordering::Release);
+    }
+
+    pub fn hand_off(&self, job: Box<super::websocket::Job>) {
+        if let Ok(mut h) = self.handoff.lock() {
+            *h = Some(job);
+        }
+    }
+
+    pub fn take_handoff(&self) -> Option<Box<super::websocket::Job>> {
+        self.handoff.lock().ok()?.take()
+    }
+}
+
+impl fmt::Debug for ConnInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnInfo").finish_non_exhaustive()
     }
 }
 
@@ -122,6 +141,10 @@ pub struct ConnStream {
     phase: Phase,
     deadline: Pin<Box<Sleep>>,
     info: Arc<ConnInfo>,
+    /// Bytes that came in the same read as the end of the last header block,
+    /// after it: pingora holds them as the start of the body (or of the next
+    /// request); a hand-off needs them back (a WebSocket's first frames).
+    tail: Vec<u8>,
 }
 
 impl ConnStream {
@@ -133,11 +156,19 @@ impl ConnStream {
             phase: Phase::Header { seen: 0, nl: false },
             deadline: Box::pin(tokio::time::sleep(limits.timeout)),
             info,
+            tail: Vec::new(),
         }
     }
 
     pub fn info(&self) -> &Arc<ConnInfo> {
         &self.info
+    }
+
+    /// The connection without the guard, and the bytes read past the last
+    /// request head. Only once nothing is left to write (pingora flushes
+    /// when a request finishes).
+    pub fn into_parts(self) -> (Stream, Vec<u8>) {
+        (self.inner.into_inner(), self.tail)
     }
 
     fn reject(&mut self, resp: &'static [u8], nl: bool) {
@@ -162,6 +193,8 @@ impl ConnStream {
                         break;
                     }
                     self.phase = Phase::Passing;
+                    self.tail.clear();
+                    self.tail.extend_from_slice(&data[i + 1..]);
                     return;
                 }
                 b'\n' => *nl = true,

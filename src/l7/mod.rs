@@ -10,5 +10,5 @@ mod hygiene;
 pub mod listener;
 pub mod router;
 pub mod serve;
-pub mod tunnel;
-pub mod wsframe;
+mod socket;
+mod websocket;

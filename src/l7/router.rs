@@ -24,12 +24,12 @@ use pingora::ErrorType;
 use super::conn::{ConnInfo, ConnStream};
 use super::hygiene;
 use super::listener::ListenerRt;
-use super::tunnel;
+use super::websocket;
 use crate::affinity::cookie::CookieSigner;
 use crate::affinity::hash::hash_key;
 use crate::affinity::key::{self, IpKey};
 use crate::config::{Fallback, Key};
-use crate::pool::{BackendRt, Decision, Health};
+use crate::pool::{BackendRt, Decision};
 use crate::store::{LiveGuard, MoveReason};
 
 pub struct Router {
@@ -45,11 +45,14 @@ pub struct Ctx {
     /// `X-Tether-Session` value (the session key), when the request has one.
     pub(super) session: Option<HeaderValue>,
     pub(super) backend: Option<(usize, Arc<BackendRt>)>,
-    _live: Option<LiveGuard>,
+    pub(super) live: Option<LiveGuard>,
     pub(super) moved: Option<(Arc<str>, MoveReason)>,
     set_cookie: Option<String>,
     pub(super) client_ip: Option<IpAddr>,
     upgrade: bool,
+    /// The request went to tether's WebSocket path (see `websocket`): it
+    /// accounts for itself when the WebSocket ends.
+    handed_off: bool,
     upstream_counted: bool,
     /// Backends that failed this request before answering (retries go elsewhere).
     tried: Vec<Arc<BackendRt>>,
@@ -84,6 +87,26 @@ async fn answer(
     session.set_keepalive(None);
     session.write_response_header(Box::new(resp), true).await?;
     Ok(true)
+}
+
+/// The insert-mode `Set-Cookie` value this request's answer carries, if any
+/// (taken: one answer carries it).
+pub(super) fn set_cookie_header(ctx: &mut Ctx) -> Option<String> {
+    let v = ctx.set_cookie.take()?;
+    let Key::Cookie(c) = &ctx.l.cfg.affinity.key else {
+        return None;
+    };
+    let max_age = c.insert.as_ref().map(|i| i.max_age.as_secs()).unwrap_or(0);
+    // Secure on TLS listeners: the browser then never sends it in clear.
+    let secure = if ctx.l.cfg.protocol.is_tls() {
+        "; Secure"
+    } else {
+        ""
+    };
+    Some(format!(
+        "{}={v}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}",
+        c.name
+    ))
 }
 
 impl Router {
@@ -180,11 +203,8 @@ impl Router {
 
     /// Count a passive failure of the current backend; `fall` of them in a row mark it down.
     fn passive_failure(&self, ctx: &Ctx, why: &'static str) {
-        let pool = &ctx.l.pool;
         if let Some((_, b)) = &ctx.backend {
-            if pool.passive_enabled() && b.passive_failure(pool.cfg().health.fall) {
-                pool.mark_health(b, Health::Down, why);
-            }
+            ctx.l.pool.passive_failure(b, why);
         }
     }
 
@@ -202,39 +222,26 @@ impl Router {
         ctx.tried.len() <= MAX_RETRIES && ctx.l.pool.pick_alternative(h, &ctx.tried).is_some()
     }
 
-    /// Serve a WebSocket upgrade end to end (see `tunnel`). Always answers.
-    async fn tunnel(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let Some((_, b)) = ctx.backend.clone() else {
-            return answer(session, 503, &[("retry-after", "1")]).await;
+    /// Hand a WebSocket upgrade over to tether's own path (see `websocket`):
+    /// pingora ends the request here without answering and gives the
+    /// connection back to `serve`, which finishes the job.
+    async fn hand_off(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let job = match websocket::prepare(session, ctx) {
+            Ok(job) => job,
+            Err(status) => return answer(session, status, &[]).await,
         };
-        let mut req = session.req_header().clone();
-        hygiene::rewrite_upstream(session, &mut req, ctx)?;
-        let pool_cfg = ctx.l.pool.cfg();
-        let t = tunnel::Timeouts {
-            connect: pool_cfg.timeouts.connect,
-            response_header: pool_cfg.timeouts.response_header,
-            idle: ctx.l.cfg.timeouts.idle,
+        let Some(conn) = &ctx.conn else {
+            return answer(session, 400, &[]).await;
         };
-        let Some(addr) = b.addr() else {
-            return answer(session, 502, &[]).await;
-        };
-        b.upstream_active.inc();
-        let reg = b.register_tunnel();
-        let tls = pool_cfg.tls.as_ref();
-        let res = tunnel::websocket(session, addr, tls, &req, &t, &reg.ctl).await;
-        drop(reg);
-        b.upstream_active.dec();
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) => {
-                tracing::debug!(backend = %b.id, error = %e, "websocket upgrade failed");
-                let code = match e.etype() {
-                    ErrorType::ConnectTimedout | ErrorType::ReadTimedout => 504,
-                    _ => 502,
-                };
-                answer(session, code, &[]).await
-            }
+        conn.hand_off(job);
+        ctx.handed_off = true;
+        // The connection must come back from pingora: kept alive, and with
+        // any bytes sent past the head (early frames) not held against it.
+        session.set_keepalive(Some(ctx.l.cfg.timeouts.keepalive.as_secs().max(1)));
+        if let pingora::protocols::http::ServerSession::H1(h1) = session.as_downstream_mut() {
+            h1.set_pipelining_enabled(true);
         }
+        Ok(true)
     }
 
     async fn apply(&self, session: &mut Session, ctx: &mut Ctx, d: Decision) -> Result<bool> {
@@ -247,7 +254,7 @@ impl Router {
             } => {
                 let idx = ctx.l.pool.view().index_of(&backend).unwrap_or(usize::MAX);
                 ctx.backend = Some((idx, backend));
-                ctx._live = live;
+                ctx.live = live;
                 ctx.moved = moved;
                 Ok(false)
             }
@@ -266,11 +273,12 @@ impl ProxyHttp for Router {
             start: Some(Instant::now()),
             session: None,
             backend: None,
-            _live: None,
+            live: None,
             moved: None,
             set_cookie: None,
             client_ip: None,
             upgrade: false,
+            handed_off: false,
             upstream_counted: false,
             tried: Vec::new(),
             got_response: false,
@@ -311,7 +319,7 @@ impl ProxyHttp for Router {
             return Ok(true);
         }
         if ctx.upgrade {
-            return self.tunnel(session, ctx).await;
+            return self.hand_off(session, ctx).await;
         }
         Ok(false)
     }
@@ -468,22 +476,9 @@ impl ProxyHttp for Router {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(v), Key::Cookie(c)) = (ctx.set_cookie.take(), &ctx.l.cfg.affinity.key) {
-            let max_age = c.insert.as_ref().map(|i| i.max_age.as_secs()).unwrap_or(0);
+        if let Some(v) = set_cookie_header(ctx) {
             // append, not insert: the backend's own cookies must survive.
-            // Secure on TLS listeners: the browser then never sends it in clear.
-            let secure = if ctx.l.cfg.protocol.is_tls() {
-                "; Secure"
-            } else {
-                ""
-            };
-            resp.append_header(
-                header::SET_COOKIE,
-                format!(
-                    "{}={v}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}",
-                    c.name
-                ),
-            )?;
+            resp.append_header(header::SET_COOKIE, v)?;
         }
         Ok(())
     }
@@ -518,6 +513,9 @@ impl ProxyHttp for Router {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.handed_off {
+            return;
+        }
         let l = &ctx.l;
         if let Some(c) = &ctx.conn {
             c.request_done();

@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use super::conn::{ConnInfo, ConnStream, HeaderLimits};
 use super::listener::ListenerRt;
 use super::router::Router;
+use super::socket::ClientSocket;
 use crate::tls::TlsConn;
 
 /// HTTP/2 bounds per connection. Streams in flight at once; and the
@@ -108,7 +109,7 @@ pub async fn serve(
             Sniff::H1 => {}
         }
     }
-    serve_h1(Box::new(pingora_stream(tcp, peer)), l, proxy, stop).await
+    serve_h1(Box::new(ClientSocket::new(tcp, peer)), l, proxy, stop).await
 }
 
 enum Sniff {
@@ -161,11 +162,8 @@ async fn serve_h1(
         max_bytes: l.cfg.max_header_bytes,
         timeout: l.cfg.timeouts.client_header,
     };
-    let stream: Stream = Box::new(ConnStream::new(
-        inner,
-        limits,
-        Arc::new(ConnInfo::default()),
-    ));
+    let info = Arc::new(ConnInfo::default());
+    let stream: Stream = Box::new(ConnStream::new(inner, limits, info.clone()));
     let keepalive = l.cfg.timeouts.keepalive.as_secs().max(1);
     let mut session = ServerSession::new_http1(stream);
     session.set_keepalive(if *stop.borrow() {
@@ -175,6 +173,10 @@ async fn serve_h1(
     });
     let mut result = proxy.process_new_http(session, stop).await;
     while let Some((stream, settings)) = result.map(|r| r.consume()) {
+        if let Some(job) = info.take_handoff() {
+            // A WebSocket upgrade: pingora is done with the connection.
+            return super::websocket::serve(job, stream).await;
+        }
         let mut session = ServerSession::new_http1(stream);
         if let Some(s) = settings {
             s.apply_to_session(&mut session);

@@ -194,20 +194,26 @@ impl PoolRt {
         self.rebuild_ring();
     }
 
-    /// Another live backend for a retry of one request, avoiding `tried` (no re-pin).
+    /// Another live backend for a retry of one request or connection after
+    /// the `tried` ones failed (no re-pin, rule 5): the one the re-pin will
+    /// choose once they are marked down, so the client moves once.
     pub fn pick_alternative(
         &self,
         key_hash: u64,
         tried: &[Arc<BackendRt>],
     ) -> Option<(usize, Arc<BackendRt>)> {
         let v = self.view();
-        let fresh = |i: usize| {
-            let b = &v.backends[i];
-            b.takes_new() && !tried.iter().any(|t| Arc::ptr_eq(t, b))
-        };
-        let m = v.ring.pick_bounded(key_hash, |m| fresh(v.backend_of[m]))?;
-        let i = v.backend_of.get(m).copied().filter(|&i| fresh(i))?;
-        Some((i, v.backends[i].clone()))
+        let b = v.pick_excluding(&*self.store, key_hash, tried)?;
+        Some((v.index_of(&b)?, b))
+    }
+
+    /// A failure backend `b` caused (connect refused or timed out; a reset, or
+    /// no response head in time, once the request was sent): `fall` of them in
+    /// a row mark it down.
+    pub fn passive_failure(&self, b: &Arc<BackendRt>, why: &'static str) {
+        if self.passive_enabled() && b.passive_failure(self.cfg().health.fall) {
+            self.mark_health(b, Health::Down, why);
+        }
     }
 
     /// Do request outcomes count towards marking backends down? (Without active

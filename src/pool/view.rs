@@ -8,7 +8,7 @@
 //! removed and draining for the pool's `drain_timeout`; at the deadline its
 //! sessions move with reason `removed` and it leaves the view (`forget`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::PoolRt;
@@ -29,6 +29,15 @@ pub struct View {
     pub(super) backend_of: Vec<usize>,
     /// Webhook told about drains and moves; kept across reloads that leave `notify` alone.
     pub notifier: Option<Arc<Notifier>>,
+    /// Per ring member: the ring this view would have without it, built the
+    /// first time a connection to that member fails (see [`View::pick_excluding`]).
+    without: Box<[OnceLock<Without>]>,
+}
+
+/// A ring over this view's members minus one, and its member -> backend map.
+struct Without {
+    ring: Ring,
+    backend_of: Vec<usize>,
 }
 
 /// What a reload changed in one pool (ids), for the reload summary.
@@ -70,11 +79,27 @@ impl View {
         }
         View {
             ring: Ring::build(cfg.hash, &members),
+            without: (0..backend_of.len()).map(|_| OnceLock::new()).collect(),
             backend_of,
             cfg,
             backends,
             notifier,
         }
+    }
+
+    /// The ring without member `m`, built once per view and member.
+    fn without(&self, m: usize) -> &Without {
+        self.without[m].get_or_init(|| {
+            let keep: Vec<usize> = (0..self.backend_of.len()).filter(|&x| x != m).collect();
+            let members: Vec<Member> = keep
+                .iter()
+                .map(|&x| self.ring.members()[x].clone())
+                .collect();
+            Without {
+                ring: Ring::build(self.cfg.hash, &members),
+                backend_of: keep.iter().map(|&x| self.backend_of[x]).collect(),
+            }
+        })
     }
 
     pub fn backend(&self, id: &str) -> Option<&Arc<BackendRt>> {
@@ -89,11 +114,61 @@ impl View {
     /// The pool hash's choice for `key` over the eligible backends, honouring
     /// bounded load and slow start.
     pub(super) fn pick(&self, store: &dyn PoolStore, key: &str) -> Option<Arc<BackendRt>> {
-        let h = hash_key(key.as_bytes());
+        self.pick_on(
+            &self.ring,
+            &self.backend_of,
+            store,
+            hash_key(key.as_bytes()),
+        )
+    }
+
+    /// The choice for key hash `h` once the backends of `failed` are gone:
+    /// the owner the re-pin will give the key when they are marked down (the
+    /// ring rebuilt without them, not merely the next slot, which differs for
+    /// Maglev), so a client that reconnects after its backend died moves once.
+    pub(super) fn pick_excluding(
+        &self,
+        store: &dyn PoolStore,
+        h: u64,
+        failed: &[Arc<BackendRt>],
+    ) -> Option<Arc<BackendRt>> {
+        let on_ring: Vec<usize> = (0..self.backend_of.len())
+            .filter(|&m| {
+                failed
+                    .iter()
+                    .any(|f| Arc::ptr_eq(f, &self.backends[self.backend_of[m]]))
+            })
+            .collect();
+        let pick = match on_ring[..] {
+            [] => self.pick_on(&self.ring, &self.backend_of, store, h),
+            [m] => {
+                let w = self.without(m);
+                self.pick_on(&w.ring, &w.backend_of, store, h)
+            }
+            // Two or more failed at once: rare enough to walk the full ring.
+            _ => {
+                let fresh = |i: usize| {
+                    let b = &self.backends[i];
+                    b.takes_new() && !failed.iter().any(|f| Arc::ptr_eq(f, b))
+                };
+                let m = self.ring.pick_bounded(h, |m| fresh(self.backend_of[m]))?;
+                let i = self.backend_of.get(m).copied().filter(|&i| fresh(i))?;
+                return Some(self.backends[i].clone());
+            }
+        };
+        pick.filter(|b| !failed.iter().any(|f| Arc::ptr_eq(f, b)))
+    }
+
+    fn pick_on(
+        &self,
+        ring: &Ring,
+        backend_of: &[usize],
+        store: &dyn PoolStore,
+        h: u64,
+    ) -> Option<Arc<BackendRt>> {
         let cap = self.cfg.bounded_load.map(|c| {
-            let n = self.backend_of.len() as f64;
-            let total: u64 = self
-                .backend_of
+            let n = backend_of.len() as f64;
+            let total: u64 = backend_of
                 .iter()
                 .map(|&i| store.sessions_of(&self.backends[i].id))
                 .sum();
@@ -101,18 +176,18 @@ impl View {
         });
         // `takes_new` again here: a backend marked down a moment ago may still be
         // on this ring until `mark_health` has rebuilt it.
-        let m = self.ring.pick_bounded(h, |m| {
-            let b = &self.backends[self.backend_of[m]];
+        let m = ring.pick_bounded(h, |m| {
+            let b = &self.backends[backend_of[m]];
             b.takes_new()
                 && cap.is_none_or(|cap| store.sessions_of(&b.id) < cap)
                 && super::ramped(&self.cfg, b, h)
         })?;
-        let b = &self.backends[*self.backend_of.get(m)?];
+        let b = &self.backends[*backend_of.get(m)?];
         if b.takes_new() {
             return Some(b.clone());
         }
         // Every candidate refused: the plain pick is only good if it takes sessions.
-        self.backend_of
+        backend_of
             .iter()
             .map(|&i| &self.backends[i])
             .find(|b| b.takes_new())

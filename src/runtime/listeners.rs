@@ -78,9 +78,9 @@ pub(super) struct Listeners {
     closed: Vec<Arc<HttpProxy<Router>>>,
 }
 
-/// Bind `addr` for listener `name` (SO_REUSEADDR, backlog 4096).
+/// Bind `addr` for listener `name` (SO_REUSEADDR, the default backlog).
 pub(super) fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, RunError> {
-    bind_with(name, addr, false)
+    bind_with(name, addr, false, crate::config::DEFAULT_BACKLOG)
 }
 
 /// [`bind`]; `freebind`: the address need not be on this host yet (the
@@ -89,6 +89,7 @@ pub(super) fn bind_with(
     name: &str,
     addr: SocketAddr,
     freebind: bool,
+    backlog: u32,
 ) -> Result<TcpListener, RunError> {
     let err = |source| RunError::Bind {
         name: name.to_owned(),
@@ -106,7 +107,17 @@ pub(super) fn bind_with(
         set_freebind(&sock, addr.is_ipv6()).map_err(err)?;
     }
     sock.bind(addr).map_err(err)?;
-    sock.listen(4096).map_err(err)
+    sock.listen(backlog).map_err(err)
+}
+
+/// Apply `backlog` to a socket that is already listening (kept by a reload,
+/// or inherited from the process before an upgrade): Linux takes a second
+/// `listen(2)` as a new queue length.
+fn set_backlog(socket: &TcpListener, name: &str, backlog: u32) {
+    let n = nix::sys::socket::Backlog::new(i32::try_from(backlog).unwrap_or(i32::MAX));
+    if let Err(e) = n.and_then(|n| nix::sys::socket::listen(socket, n)) {
+        tracing::warn!(listener = name, backlog, error = %e, "could not change the backlog");
+    }
 }
 
 fn set_freebind(sock: &tokio::net::TcpSocket, v6: bool) -> std::io::Result<()> {
@@ -226,10 +237,27 @@ impl Listeners {
                     Binding::Reuse(j)
                 }
                 None => match self.take_inherited(&c.name, c.bind) {
-                    Some(s) => Binding::Fresh(adopt(&c.name, c.bind, s)?),
-                    None => Binding::Fresh(bind_with(&c.name, c.bind, Some(c.bind.ip()) == vip)?),
+                    Some(s) => {
+                        let s = adopt(&c.name, c.bind, s)?;
+                        set_backlog(&s, &c.name, c.backlog);
+                        Binding::Fresh(s)
+                    }
+                    None => Binding::Fresh(bind_with(
+                        &c.name,
+                        c.bind,
+                        Some(c.bind.ip()) == vip,
+                        c.backlog,
+                    )?),
                 },
             });
+        }
+        for (c, b) in cfgs.iter().zip(&out) {
+            if let Some(Binding::Reuse(j)) = b {
+                let h = &self.handles[*j];
+                if h.slot.load().cfg.backlog != c.backlog {
+                    set_backlog(&h.socket, &c.name, c.backlog);
+                }
+            }
         }
         Ok(out.into_iter().flatten().collect())
     }

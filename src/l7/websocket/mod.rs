@@ -1,0 +1,299 @@
+//! WebSocket upgrades, finished by tether rather than pingora's proxy loop.
+//!
+//! pingora reads the request head and the `Router` routes it like any other
+//! request (key, store, health, rule 7 headers). Then, instead of proxying,
+//! the router hands the request over ([`Job`], left in the connection's
+//! `ConnInfo`) and returns; pingora lets go of the connection as after any
+//! answered request, its per-request state freed, and [`serve`] takes the
+//! bare client socket back, with whatever the client sent past the request
+//! head. From there: connect (other live backends on failure, passive
+//! health), send the upgrade, read the answer. A 101 whose
+//! `Sec-WebSocket-Accept` matches the key goes to the client with the
+//! insert-mode cookie, and the two sockets become a tunnel
+//! ([`crate::tunnel`]); anything else is relayed as the ordinary response it
+//! is (`refusal`).
+//!
+//! Not pingora's own upgrade path: it keeps the whole session and a 64 KB
+//! body buffer per WebSocket for its life, gives no handle to close a live
+//! upgraded connection (pingora #571) and can tear a tunnel down right after
+//! the 101 (pingora #946).
+
+mod handshake;
+mod refusal;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderName, HeaderValue};
+use pingora::protocols::Stream;
+use pingora::proxy::Session;
+use tokio::io::AsyncWriteExt;
+
+use super::conn::ConnStream;
+use super::listener::ListenerRt;
+use super::router::Ctx;
+use super::socket::ClientSocket;
+use crate::affinity::hash::hash_key;
+use crate::backend::BackendRt;
+use crate::store::{LiveGuard, MoveReason};
+use crate::tunnel::{self, Mode, Params, Side};
+use handshake::{Exchange, Failure};
+
+/// A routed upgrade request for tether to finish.
+pub struct Job {
+    l: Arc<ListenerRt>,
+    backend: Arc<BackendRt>,
+    /// The session is live (not idle, not evictable) while the WebSocket is.
+    _live: Option<LiveGuard>,
+    moved: Option<(Arc<str>, MoveReason)>,
+    /// The session key (`X-Tether-Session`).
+    key: Option<HeaderValue>,
+    key_hash: u64,
+    /// The insert-mode cookie for the 101 (or the refusal).
+    set_cookie: Option<String>,
+    /// The request head to send upstream, rewritten.
+    head: Vec<u8>,
+    /// The `Sec-WebSocket-Accept` a genuine answer carries.
+    accept: String,
+    client_ip: Option<IpAddr>,
+    start: Instant,
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1): the client's connection to tether,
+/// not the request; the upgrade's own two are set again.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Turn a routed upgrade request into a job, or the status to answer.
+pub(super) fn prepare(session: &Session, ctx: &mut Ctx) -> Result<Box<Job>, u16> {
+    let req = session.req_header();
+    let has_body = req.headers.contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let Some(key) = req.headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(400);
+    };
+    if has_body || ctx.conn.is_none() {
+        return Err(400);
+    }
+    let accept = handshake::accept_for(key.as_bytes());
+    let Some((_, backend)) = ctx.backend.clone() else {
+        return Err(503);
+    };
+    let mut up = req.clone();
+    super::hygiene::rewrite_upstream(session, &mut up, ctx).map_err(|_| 500u16)?;
+    let nominated: Vec<HeaderName> = up
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for h in HOP_BY_HOP.iter().chain(&nominated) {
+        up.remove_header(h);
+    }
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(up.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(up.raw_path());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (k, v) in up.headers.iter() {
+        head.extend_from_slice(k.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(v.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"connection: upgrade\r\nupgrade: websocket\r\n\r\n");
+    Ok(Box::new(Job {
+        key_hash: ctx
+            .session
+            .as_ref()
+            .map_or_else(rand::random, |k| hash_key(k.as_bytes())),
+        key: ctx.session.clone(),
+        set_cookie: super::router::set_cookie_header(ctx),
+        _live: ctx.live.take(),
+        moved: ctx.moved.take(),
+        l: ctx.l.clone(),
+        backend,
+        head,
+        accept,
+        client_ip: ctx.client_ip,
+        start: ctx.start.unwrap_or_else(Instant::now),
+    }))
+}
+
+/// Finish the job on `stream`, the connection pingora handed back.
+pub async fn serve(job: Box<Job>, stream: Stream) {
+    if !stream.as_any().is::<ConnStream>() {
+        tracing::warn!("websocket hand-off on an unexpected stream");
+        return;
+    }
+    let (inner, early) = match stream.into_any().downcast::<ConnStream>() {
+        Ok(conn) => conn.into_parts(),
+        Err(_) => return,
+    };
+    if inner.as_any().is::<ClientSocket>() {
+        let tcp = match inner.into_any().downcast::<ClientSocket>() {
+            Ok(s) => s.into_tcp(),
+            Err(_) => return,
+        };
+        return run(*job, tcp, early).await;
+    }
+    // TLS listeners: the TLS stream as it is.
+    run(*job, inner, early).await
+}
+
+async fn run<C: Side>(job: Job, mut client: C, early: Vec<u8>) {
+    let ex = match handshake::exchange(&job).await {
+        Ok(ex) => ex,
+        Err(fail) => return failed(&job, &mut client, fail).await,
+    };
+    let Exchange {
+        backend,
+        mut upstream,
+        head,
+        rest,
+        interim,
+    } = ex;
+    let l = &job.l;
+    backend.upstream_active.inc();
+    let status = head.status;
+    let mut bytes = (0, 0);
+    if !interim.is_empty() && client.write_all(&interim).await.is_err() {
+        backend.upstream_active.dec();
+        return;
+    }
+    if status != 101 {
+        let idle = l.pool.cfg().timeouts.response_idle;
+        let set_cookie = job.set_cookie.as_deref();
+        match refusal::relay(&mut client, &mut upstream, &head, rest, set_cookie, idle).await {
+            Ok(n) => {
+                bytes.1 = n;
+                l.bytes_out.inc_by(n);
+            }
+            Err(refusal::RelayError::Framing(e)) => {
+                backend.upstream_active.dec();
+                return failed(&job, &mut client, Failure::Invalid(e)).await;
+            }
+            Err(e) => {
+                tracing::debug!(backend = %backend.id, error = %e, "relaying a refused upgrade")
+            }
+        }
+    } else if !head
+        .values("sec-websocket-accept")
+        .any(|v| v == job.accept.as_bytes())
+    {
+        tracing::warn!(backend = %backend.id, "101 with a wrong Sec-WebSocket-Accept: answered 502");
+        backend.upstream_active.dec();
+        let fail = Failure::Invalid(crate::h1::response::HeadError::Malformed(
+            "Sec-WebSocket-Accept does not match the key".into(),
+        ));
+        return failed(&job, &mut client, fail).await;
+    } else {
+        bytes = tunnel_on(&job, &backend, client, upstream, &head, rest, early).await;
+    }
+    backend.upstream_active.dec();
+    finish(&job, Some(&backend), status, bytes);
+}
+
+/// The 101 to the client, then the tunnel until it ends. Returns the bytes
+/// moved (client to backend, backend to client).
+async fn tunnel_on<C: Side>(
+    job: &Job,
+    backend: &Arc<BackendRt>,
+    mut client: C,
+    upstream: crate::tls::client::Upstream,
+    head: &crate::h1::response::Head,
+    to_client: Vec<u8>,
+    to_backend: Vec<u8>,
+) -> (u64, u64) {
+    let mut out = Vec::with_capacity(head.raw.len() + 128);
+    out.extend_from_slice(&head.raw[..head.raw.len() - 2]);
+    if let Some(c) = &job.set_cookie {
+        out.extend_from_slice(b"set-cookie: ");
+        out.extend_from_slice(c.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if client.write_all(&out).await.is_err() || client.flush().await.is_err() {
+        return (0, 0);
+    }
+    drop(out);
+    let l = &job.l;
+    // Registered with the backend it is connected to, which a retry may
+    // have changed: that backend's mark-down or drain closes it, not the
+    // one that refused.
+    let reg = backend.register_tunnel();
+    let p = Params {
+        mode: Mode::WebSocket,
+        idle: l.cfg.timeouts.idle,
+        half_closed: l.cfg.timeouts.half_closed,
+        ctl: &reg.ctl,
+        bytes_in: &l.bytes_in,
+        bytes_out: &l.bytes_out,
+    };
+    let done = tunnel::run(client, upstream, to_backend, to_client, false, &p).await;
+    tracing::debug!(listener = %l.cfg.name, backend = %backend.id, end = %done.end, "websocket ended");
+    (done.bytes_in, done.bytes_out)
+}
+
+/// The upgrade could not be sent or answered: tell the client with a bare status.
+async fn failed<C: Side>(job: &Job, client: &mut C, fail: Failure) {
+    let status = fail.status();
+    tracing::debug!(listener = %job.l.cfg.name, error = %fail, status, "websocket upgrade failed");
+    let reason = match status {
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Bad Gateway",
+    };
+    let resp = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nserver: tether\r\nconnection: close\r\n{}\r\n",
+        if status == 503 { "retry-after: 1\r\n" } else { "" }
+    );
+    let _ = client.write_all(resp.as_bytes()).await;
+    let _ = client.shutdown().await;
+    finish(job, None, status, (0, 0));
+}
+
+/// Metrics and the access-log line of a finished upgrade.
+fn finish(job: &Job, backend: Option<&Arc<BackendRt>>, status: u16, bytes: (u64, u64)) {
+    let l = &job.l;
+    if let (Some((from, reason)), 100..=499) = (&job.moved, status) {
+        l.pool.observe_move(from, *reason);
+    }
+    match backend {
+        Some(b) => {
+            let i = l.pool.view().index_of(b).unwrap_or(usize::MAX);
+            l.count_status(i, b, status);
+        }
+        None => l.own_status.inc(status),
+    }
+    l.duration.observe(job.start.elapsed().as_secs_f64());
+    if l.cfg.access_log {
+        tracing::info!(
+            target: "tether::access",
+            listener = %l.cfg.name,
+            pool = %l.pool.name,
+            backend = %backend.map_or("", |b| &*b.id),
+            client = %job.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            method = "GET",
+            status,
+            session = %job.key.as_ref().and_then(|k| k.to_str().ok()).map(crate::pool::key_hash).unwrap_or_default(),
+            bytes_in = bytes.0,
+            bytes_out = bytes.1,
+            duration_ms = job.start.elapsed().as_millis() as u64,
+            moved_from = %job.moved.as_ref().map_or("", |(f, _)| &**f),
+            "request"
+        );
+    }
+}
