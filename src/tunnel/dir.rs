@@ -167,7 +167,7 @@ impl<'a> Dir<'a> {
                 }
                 if !self.shut {
                     // A failed shutdown (peer already gone) changes nothing: we are done.
-                    if let Poll::Pending = Pin::new(&mut *wr).poll_shutdown(cx) {
+                    if Pin::new(&mut *wr).poll_shutdown(cx).is_pending() {
                         return self.blocked(now);
                     }
                     self.shut = true;

@@ -99,7 +99,19 @@ pub fn close_frame(code: u16) -> [u8; 4] {
 mod tests {
     use super::*;
 
-    pub(crate) fn frame(opcode: u8, len: usize) -> Vec<u8> {
+    /// A frame, with a masking key when `masked` (payload left as is: the
+    /// tracker never looks at it).
+    fn masked_frame(opcode: u8, len: usize, masked: bool) -> Vec<u8> {
+        let mut f = frame(opcode, len);
+        if masked {
+            f[1] |= 0x80;
+            let at = f.len() - len;
+            f.splice(at..at, [1, 2, 3, 4]);
+        }
+        f
+    }
+
+    fn frame(opcode: u8, len: usize) -> Vec<u8> {
         let mut f = vec![0x80 | opcode];
         match len {
             0..=125 => f.push(len as u8),
@@ -143,6 +155,67 @@ mod tests {
         assert!(t.at_boundary() && t.saw_close());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, failure_persistence: None, ..Default::default() })]
+        /// Any bytes (frames or not), cut anywhere: the tracker ends in the
+        /// same state, and finds the same boundaries, as when fed at once.
+        #[test]
+        fn same_boundaries_at_every_split(
+            frames in proptest::collection::vec((0u8..16, 0usize..300, proptest::bool::ANY), 0..20),
+            junk in proptest::collection::vec(proptest::num::u8::ANY, 0..50),
+            cuts in proptest::collection::vec(1usize..200, 1..30),
+        ) {
+            let mut stream = Vec::new();
+            for (op, len, masked) in frames {
+                stream.extend(masked_frame(op, len, masked));
+            }
+            stream.extend(junk);
+            let mut whole = FrameTracker::default();
+            let ends = boundaries(&mut whole, &[&stream]);
+            let mut pieces = Vec::new();
+            let (mut at, mut i) = (0, 0);
+            while at < stream.len() {
+                let n = cuts[i % cuts.len()].min(stream.len() - at);
+                pieces.push(&stream[at..at + n]);
+                at += n;
+                i += 1;
+            }
+            let mut split = FrameTracker::default();
+            proptest::prop_assert_eq!(boundaries(&mut split, &pieces), ends);
+            proptest::prop_assert_eq!(split.at_boundary(), whole.at_boundary());
+            proptest::prop_assert_eq!(split.saw_close(), whole.saw_close());
+        }
+    }
+
+    /// Every offset at which a frame ends, feeding `pieces` in order.
+    fn boundaries(t: &mut FrameTracker, pieces: &[&[u8]]) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut base = 0;
+        for p in pieces {
+            let mut at = 0;
+            while at < p.len() {
+                if t.at_boundary() {
+                    // step past the boundary so the next frame's end is found
+                    t.feed(&p[at..at + 1]);
+                    at += 1;
+                    if t.at_boundary() {
+                        out.push(base + at);
+                    }
+                    continue;
+                }
+                match t.boundary_in(&p[at..]) {
+                    Some(k) => {
+                        at += k;
+                        out.push(base + at);
+                    }
+                    None => at = p.len(),
+                }
+            }
+            base += p.len();
+        }
+        out
+    }
+
     #[test]
     fn boundary_in_stops_at_the_end_of_the_frame_in_flight() {
         let mut t = FrameTracker::default();
@@ -155,7 +228,8 @@ mod tests {
         // a header split over two reads
         let mut t = FrameTracker::default();
         let big = frame(0x2, 70_000);
-        assert_eq!(t.boundary_in(&big[..5]), None);
+        t.feed(&big[..1]);
+        assert_eq!(t.boundary_in(&big[1..5]), None);
         assert_eq!(t.boundary_in(&big[5..]), Some(big.len() - 5));
         // an empty frame ends with its header
         let mut t = FrameTracker::default();

@@ -9,6 +9,7 @@ pub mod cdp;
 pub mod echo;
 pub mod http;
 pub mod netns;
+pub mod rawws;
 pub mod redis;
 pub mod tcp;
 pub mod ws;
