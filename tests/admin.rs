@@ -134,3 +134,79 @@ async fn mutating_calls_need_the_token() {
         .unwrap();
     assert_eq!(a.get(path, &[]).await.unwrap().status, 200);
 }
+
+/// One request on a fresh connection with exactly the `Host` (and `Origin`) given.
+async fn admin_req(
+    to: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    origin: Option<&str>,
+    body: &str,
+) -> common::Response {
+    let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{origin}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    Client::new(to)
+        .raw(req.as_bytes())
+        .await
+        .expect("admin answers")
+}
+
+/// `state` of backend `id` in `/api/pools`.
+async fn state_of(t: &Tether, id: &str) -> String {
+    let host = t.admin.to_string();
+    let pools = admin_req(t.admin, "GET", "/api/pools", &host, None, "")
+        .await
+        .json();
+    let found = pools["pools"][0]["backends"]
+        .as_array()
+        .and_then(|bs| bs.iter().find(|b| b["id"] == id))
+        .and_then(|b| b["state"].as_str())
+        .map(str::to_owned);
+    found.unwrap_or_else(|| panic!("no backend {id} in {pools}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_deadlines_beyond_ten_years_are_refused() {
+    let b = backends(2).await;
+    let t = Tether::start(&config(&b, "{ key: { header: X-Device-Id } }", "", "", ""));
+    let host = t.admin.to_string();
+    let drain = "/api/pools/app/backends/b1/drain";
+    for deadline in [
+        "300000000000y",
+        "11y",
+        "3653d",
+        "18446744073709551615s",
+        "99999999999999999999999h",
+    ] {
+        let body = format!("{{\"deadline\":\"{deadline}\"}}");
+        let r = admin_req(t.admin, "POST", drain, &host, None, &body).await;
+        assert_eq!(r.status, 400, "{deadline}: {}", r.text());
+        let msg = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(msg.contains("is longer than 10 years"), "{deadline}: {msg}");
+        assert_eq!(state_of(&t, "b1").await, "up", "{deadline}: not draining");
+    }
+    let r = admin_req(t.admin, "GET", "/api/ping", &host, None, "").await;
+    assert_eq!(r.status, 200, "the admin API still answers");
+    // Ten years exactly is accepted.
+    let r = admin_req(
+        t.admin,
+        "POST",
+        drain,
+        &host,
+        None,
+        "{\"deadline\":\"10y\"}",
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(state_of(&t, "b1").await, "draining");
+    // The proxy still routes (the drain task is alive and nothing panicked).
+    let r = Client::new(t.addr("web"))
+        .get("/", &[("X-Device-Id", "d")])
+        .await
+        .unwrap();
+    assert_eq!((r.status, common::backend_of(&r).as_str()), (200, "b2"));
+}

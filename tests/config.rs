@@ -157,6 +157,10 @@ fn broken_configs() -> Vec<Case> {
         case("prefix max_bytes too big", tcp("{ prefix: { pattern: \"(x)\", max_bytes: 100000 } }"), "listeners[0].affinity.key.prefix.max_bytes", 12, Some(51), "max_bytes must be between 1 and 65536"),
         case("unknown proxy_protocol", edit("    pool: app\n", "    pool: app\n    proxy_protocol: yes\n"), "listeners[0].proxy_protocol", 10, Some(21), "unknown variant `yes`, expected `accept`"),
         case("unknown send_proxy", edit("    backends:\n", "    send_proxy: v3\n    backends:\n"), "pools.app.send_proxy", 3, Some(17), "unknown variant `v3`, expected `v1` or `v2`"),
+        case("duration above ten years", edit("    pool: app\n", "    pool: app\n    timeouts: { idle: 11y }\n"), "listeners[0].timeouts.idle", 10, Some(23), "`11y` is longer than 10 years"),
+        case("huge duration", edit("    backends:\n", "    drain_timeout: 300000000000y\n    backends:\n"), "pools.app.drain_timeout", 3, Some(20), "`300000000000y` is longer than 10 years"),
+        case("duration overflowing", format!("store: {{ session_ttl: 99999999999999999999999h }}\n{BASE}"), "store.session_ttl", 1, Some(23), "longer than 10 years"),
+        case("cookie max_age above ten years", edit("insert: true", "insert: true, max_age: 3653d"), "listeners[0].affinity.key.cookie.max_age", 11, Some(61), "`3653d` is longer than 10 years"),
         case("key with two kinds", edit("{ cookie: { name: TETHER, insert: true } }", "{ query: device, header: X-Id }"), "listeners[0].affinity.key.header", 11, Some(29), "key takes exactly one of"),
     ]
 }
@@ -199,6 +203,40 @@ fn shipped_proxy_yaml_is_valid() {
     assert!(
         summary.ends_with("proxy.yaml: 1 pool (2 backends), 1 listener, store embedded"),
         "{summary}"
+    );
+}
+
+#[test]
+fn durations_up_to_ten_years_are_accepted() {
+    let ten_years = Duration::from_secs(10 * 31_557_600);
+    let text = format!(
+        "server: {{ shutdown_grace: 87660h, upgrade_grace: 3652d }}\n\
+         store: {{ session_ttl: 10y }}\n{}",
+        edit(
+            "    pool: app\n",
+            "    pool: app\n    timeouts: { idle: 10y, keepalive: 10years }\n"
+        )
+    );
+    let snap = config::parse(file(), &text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snap.server.shutdown_grace, ten_years);
+    assert_eq!(
+        snap.server.upgrade_grace,
+        Duration::from_secs(3652 * 86_400)
+    );
+    assert_eq!(snap.store.session_ttl, ten_years);
+    assert_eq!(snap.listeners[0].timeouts.idle, ten_years);
+    assert_eq!(snap.listeners[0].timeouts.keepalive, ten_years);
+    // One millisecond more is not.
+    let over = edit(
+        "    pool: app\n",
+        "    pool: app\n    timeouts: { idle: 10y 1ms }\n",
+    );
+    let e = errors(&over);
+    assert_eq!(e.len(), 1, "{e}");
+    assert!(
+        e.to_string()
+            .contains("listeners[0].timeouts.idle: `10y 1ms` is longer than 10 years"),
+        "{e}"
     );
 }
 

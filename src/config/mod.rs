@@ -31,6 +31,7 @@ use std::path::Path;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use model_tls::*;
+pub use values::{parse_duration, DurationError, MAX_DURATION};
 
 /// Reads and validates a configuration file. Relative paths inside it
 /// (`token_file`, `secret_file`, `store.path`, TLS certificates, keys and CAs)
