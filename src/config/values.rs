@@ -180,7 +180,7 @@ pub(crate) fn backend_addr(r: &mut Report, path: &KeyPath, raw: &Scalar) -> Opti
 }
 
 /// Why `host` is not a DNS host name (RFC 1123 labels), if it is not.
-fn host_problem(host: &str) -> Option<&'static str> {
+pub(crate) fn host_problem(host: &str) -> Option<&'static str> {
     if host.is_empty() {
         return Some("is empty: write host:port");
     }
