@@ -272,7 +272,8 @@ impl BackendRt {
 
     /// Start draining until `deadline` from now; returns the deadline token.
     pub fn start_drain(&self, deadline: Duration) -> u64 {
-        let at = mono_ms() + deadline.as_millis() as u64;
+        let ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+        let at = mono_ms().saturating_add(ms);
         self.drain_deadline.store(at, Ordering::Release);
         at
     }

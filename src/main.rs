@@ -69,6 +69,30 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// `tether check` with a Redis store: warn when its eviction policy could take
+/// the cookie secret. Redis being unreachable from here is no config error.
+fn check_redis(snap: &tether::config::Snapshot) {
+    let tether::config::StoreKind::Redis(cfg) = &snap.store.kind else {
+        return;
+    };
+    let looked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(tether::store::redis::eviction_warning(cfg))
+                .map_err(|e| e.to_string())
+        });
+    match looked {
+        Ok(Some(w)) => eprintln!("warning: {}: store.redis: {w}", snap.source.display()),
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "note: could not check redis's maxmemory-policy ({e}); \
+             tether needs noeviction or a volatile-* policy"
+        ),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -77,6 +101,7 @@ fn main() -> ExitCode {
                 for w in snap.warnings() {
                     eprintln!("warning: {w}");
                 }
+                check_redis(&snap);
                 println!("{}", tether::config::summary(&snap));
                 ExitCode::SUCCESS
             }

@@ -294,3 +294,101 @@ async fn process_max_connections_spans_listeners() {
         .unwrap();
     assert_eq!(r.status, 200);
 }
+
+/// Is `name` (as whoami reports it: lower case) a forwarding header, in either spelling?
+fn forwarding(name: &str) -> bool {
+    let n = name.replace('_', "-");
+    n == "forwarded" || n == "x-real-ip" || n == "x-scheme" || n.starts_with("x-forwarded")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_from_untrusted_clients_never_reach_the_backend() {
+    let b = backends(1).await;
+    // 127.0.0.1 (the client below) is not among the trusted proxies.
+    let t = Tether::start(&config(
+        &b,
+        "{ key: source_ip }",
+        "",
+        "",
+        "server: { trusted_proxies: [\"127.0.0.2\"] }",
+    ));
+    let spoofed = [
+        ("Forwarded", "for=6.6.6.6;proto=https;host=evil.example"),
+        ("X-Real-Ip", "6.6.6.6"),
+        ("X-Scheme", "https"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("x-forwarded-for", "7.7.7.7"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-Forwarded-Port", "443"),
+        ("X-Forwarded-Server", "evil"),
+        ("X-Forwarded-Uri", "/admin"),
+        ("X-Forwarded-Method", "DELETE"),
+        ("X-Forwarded-Prefix", "/evil"),
+        ("X-Forwarded-Scheme", "https"),
+        ("X-Forwarded-Ssl", "on"),
+        ("X-Forwarded-Tls-Client-Cert", "MIIBevil"),
+        ("X-Forwarded-Tls-Client-Cert-Info", "Subject=\"CN=admin\""),
+        ("X-FORWARDED-SOMETHING-NEW", "x"),
+        ("X_Forwarded_For", "6.6.6.6"),
+        ("X_Real_Ip", "6.6.6.6"),
+        ("X_FORWARDED_HOST", "evil.example"),
+        ("x_forwarded_proto", "https"),
+        ("X-Forwarded_Port", "443"),
+        ("x_scheme", "https"),
+        ("X-Keep-Me", "yes"),
+    ];
+    let r = Client::new(t.addr("web")).get("/", &spoofed).await.unwrap();
+    assert_eq!(r.status, 200);
+    let h = r.json()["headers"].clone();
+    let obj = h.as_object().expect("headers");
+    let seen: Vec<_> = obj.keys().filter(|k| forwarding(k)).cloned().collect();
+    assert_eq!(
+        seen,
+        ["x-forwarded-for", "x-forwarded-proto"],
+        "only tether's own forwarding headers: {h}"
+    );
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-keep-me"], "yes", "other headers pass");
+    assert_eq!(h["x-tether-session"], "127.0.0.1", "keyed by the peer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_x_forwarded_for_line_of_a_trusted_proxy_counts() {
+    let b = backends(1).await;
+    let t = Tether::start(&config(
+        &b,
+        "{ key: source_ip }",
+        "",
+        "",
+        "server: { trusted_proxies: [\"127.0.0.2\", \"127.0.0.5\"] }",
+    ));
+    let s = common::tcp::connect_from("127.0.0.2".parse().unwrap(), t.addr("web"))
+        .await
+        .unwrap();
+    let mut s = tokio::io::BufReader::new(s);
+    let req = "GET / HTTP/1.1\r\nHost: app\r\n\
+               X-Forwarded-For: 203.0.113.7\r\n\
+               X-Real-Ip: 198.51.100.9\r\n\
+               X-Forwarded-For: 198.51.100.9, 127.0.0.5\r\n\
+               X-Forwarded-Proto: https\r\n\
+               Connection: close\r\n\r\n";
+    s.get_mut().write_all(req.as_bytes()).await.unwrap();
+    let r = common::http::read_response(&mut s).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let h = &r.json()["headers"];
+    assert_eq!(
+        h["x-forwarded-for"], "203.0.113.7, 198.51.100.9, 127.0.0.5, 127.0.0.2",
+        "both lines, in order, then the peer: {h}"
+    );
+    assert_eq!(
+        h["x-tether-session"], "198.51.100.9",
+        "the first untrusted hop from the right, across lines"
+    );
+    assert_eq!(
+        h["x-forwarded-proto"], "https",
+        "a trusted proxy's word stands"
+    );
+    assert_eq!(h["x-real-ip"], "198.51.100.9", "kept from a trusted proxy");
+}

@@ -157,6 +157,13 @@ fn broken_configs() -> Vec<Case> {
         case("prefix max_bytes too big", tcp("{ prefix: { pattern: \"(x)\", max_bytes: 100000 } }"), "listeners[0].affinity.key.prefix.max_bytes", 12, Some(51), "max_bytes must be between 1 and 65536"),
         case("unknown proxy_protocol", edit("    pool: app\n", "    pool: app\n    proxy_protocol: yes\n"), "listeners[0].proxy_protocol", 10, Some(21), "unknown variant `yes`, expected `accept`"),
         case("unknown send_proxy", edit("    backends:\n", "    send_proxy: v3\n    backends:\n"), "pools.app.send_proxy", 3, Some(17), "unknown variant `v3`, expected `v1` or `v2`"),
+        case("duration above ten years", edit("    pool: app\n", "    pool: app\n    timeouts: { idle: 11y }\n"), "listeners[0].timeouts.idle", 10, Some(23), "`11y` is longer than 10 years"),
+        case("huge duration", edit("    backends:\n", "    drain_timeout: 300000000000y\n    backends:\n"), "pools.app.drain_timeout", 3, Some(20), "`300000000000y` is longer than 10 years"),
+        case("duration overflowing", format!("store: {{ session_ttl: 99999999999999999999999h }}\n{BASE}"), "store.session_ttl", 1, Some(23), "longer than 10 years"),
+        case("cookie max_age above ten years", edit("insert: true", "insert: true, max_age: 3653d"), "listeners[0].affinity.key.cookie.max_age", 11, Some(61), "`3653d` is longer than 10 years"),
+        case("admin host with a port", format!("admin: {{ hosts: [ok.example, \"admin.example:9090\"] }}\n{BASE}"), "admin.hosts[1]", 1, Some(30), "`admin.example:9090`: write the name without a port, like `admin.example`"),
+        case("admin host that is an address", format!("admin: {{ hosts: [\"10.0.0.1\"] }}\n{BASE}"), "admin.hosts[0]", 1, Some(18), "`10.0.0.1` is an IP address: those are always answered"),
+        case("admin host not a name", format!("admin: {{ hosts: [\"bad host\"] }}\n{BASE}"), "admin.hosts[0]", 1, Some(18), "`bad host` is neither an IP address nor a valid host name"),
         case("key with two kinds", edit("{ cookie: { name: TETHER, insert: true } }", "{ query: device, header: X-Id }"), "listeners[0].affinity.key.header", 11, Some(29), "key takes exactly one of"),
     ]
 }
@@ -203,10 +210,54 @@ fn shipped_proxy_yaml_is_valid() {
 }
 
 #[test]
+fn admin_hosts_are_lower_case_names() {
+    let text =
+        format!("admin: {{ hosts: [Tether.Example.COM, localhost, ops_1.internal] }}\n{BASE}");
+    let snap = config::parse(file(), &text).unwrap_or_else(|e| panic!("{e}"));
+    let hosts: Vec<&str> = snap.admin.hosts.iter().map(|h| &**h).collect();
+    assert_eq!(hosts, ["tether.example.com", "localhost", "ops_1.internal"]);
+}
+
+#[test]
+fn durations_up_to_ten_years_are_accepted() {
+    let ten_years = Duration::from_secs(10 * 31_557_600);
+    let text = format!(
+        "server: {{ shutdown_grace: 87660h, upgrade_grace: 3652d }}\n\
+         store: {{ session_ttl: 10y }}\n{}",
+        edit(
+            "    pool: app\n",
+            "    pool: app\n    timeouts: { idle: 10y, keepalive: 10years }\n"
+        )
+    );
+    let snap = config::parse(file(), &text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snap.server.shutdown_grace, ten_years);
+    assert_eq!(
+        snap.server.upgrade_grace,
+        Duration::from_secs(3652 * 86_400)
+    );
+    assert_eq!(snap.store.session_ttl, ten_years);
+    assert_eq!(snap.listeners[0].timeouts.idle, ten_years);
+    assert_eq!(snap.listeners[0].timeouts.keepalive, ten_years);
+    // One millisecond more is not.
+    let over = edit(
+        "    pool: app\n",
+        "    pool: app\n    timeouts: { idle: 10y 1ms }\n",
+    );
+    let e = errors(&over);
+    assert_eq!(e.len(), 1, "{e}");
+    assert!(
+        e.to_string()
+            .contains("listeners[0].timeouts.idle: `10y 1ms` is longer than 10 years"),
+        "{e}"
+    );
+}
+
+#[test]
 fn minimal_config_takes_the_defaults() {
     let snap = config::parse(file(), BASE).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(snap.admin.listen, "127.0.0.1:9090".parse().unwrap());
     assert!(snap.admin.token.is_none());
+    assert!(snap.admin.hosts.is_empty());
     assert_eq!(snap.server.shutdown_grace, Duration::from_secs(30));
     assert_eq!(snap.server.upgrade_grace, Duration::from_secs(600));
     assert_eq!(snap.server.max_connections, 50_000);

@@ -382,3 +382,73 @@ fn bad_redis_settings_are_clear_errors() {
     assert_eq!(status.and_then(|s| s.code()), Some(1), "{err}");
     assert!(err.contains("authentication failed"), "{err}");
 }
+
+/// `tether check` on `yaml`: (exit code, stderr).
+fn check(yaml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_may_evict_any_key_is_warned_about() {
+    let b = backends(1).await;
+    let evicting = RedisServer::start_on(free_port(), &["--maxmemory-policy", "allkeys-lru"]);
+    let t = Tether::start(&yaml(&b, &evicting.url(), SLOW));
+    let log = t.log_text();
+    let warned: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("allkeys-lru"))
+        .collect();
+    assert_eq!(warned.len(), 1, "one warning at start:\n{log}");
+    assert!(
+        warned[0].contains("noeviction") && warned[0].contains("volatile-"),
+        "it says what to use instead: {}",
+        warned[0]
+    );
+    let (code, err) = check(&yaml(&b, &evicting.url(), SLOW));
+    assert_eq!(code, Some(0), "a warning, not an error: {err}");
+    assert!(
+        err.contains("warning:") && err.contains("allkeys-lru") && err.contains("noeviction"),
+        "{err}"
+    );
+
+    // noeviction (Redis's default) and volatile-* policies are fine.
+    for policy in ["noeviction", "volatile-lru"] {
+        let fine = RedisServer::start_on(free_port(), &["--maxmemory-policy", policy]);
+        let t = Tether::start(&yaml(&b, &fine.url(), SLOW));
+        let log = t.log_text();
+        assert!(!log.contains("maxmemory"), "{policy}:\n{log}");
+        let (code, err) = check(&yaml(&b, &fine.url(), SLOW));
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            !err.contains("maxmemory") && !err.contains("warning"),
+            "{policy}: {err}"
+        );
+    }
+
+    // Unreachable: check says it could not look, nothing more, and passes.
+    let nobody = format!("redis://127.0.0.1:{}/0", free_port());
+    let (code, err) = check(&yaml(&b, &nobody, SLOW));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    assert!(err.contains("could not check"), "{err}");
+}

@@ -4,9 +4,12 @@
 //! Mutating calls need `Authorization: Bearer <token>` when
 //! `admin.token_file` is set (compared in constant time); with
 //! `admin.protect_reads` every call does but the status page itself and
-//! `/api/ping` (a liveness probe that tells nothing).
+//! `/api/ping` (a liveness probe that tells nothing). Before any of that, a
+//! request must name this listener in its `Host` and come from its own
+//! origin, if any (`origin`).
 
 pub mod operator;
+mod origin;
 mod routes;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +47,9 @@ pub struct AdminState {
 pub struct AdminApp {
     pub state: Arc<AdminState>,
 }
+
+/// The admin listener speaks plain HTTP: the scheme its pages' origin has.
+const ADMIN_SCHEME: &str = "http";
 
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
@@ -132,6 +138,16 @@ impl AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let live = self.state.live.load();
+        let checked = origin::check(
+            session.req_header(),
+            ADMIN_SCHEME,
+            &live.snapshot.admin.hosts,
+        );
+        drop(live);
+        if let Err(refused) = checked {
+            return error(refused.status(), refused.to_string());
+        }
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_owned();
         let mutating = !matches!(method, Method::GET | Method::HEAD);

@@ -83,7 +83,8 @@ pub async fn follow(store: Arc<dyn Store>, live: Arc<ArcSwap<Live>>) -> Option<J
 /// Drain through the admin API: locally now, and for every other instance.
 pub async fn drain(store: &dyn Store, pool: &Arc<PoolRt>, b: &Arc<BackendRt>, deadline: Duration) {
     pool.drain(b, deadline);
-    let at = now_ms() + deadline.as_millis() as u64;
+    let ms = u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX);
+    let at = now_ms().saturating_add(ms);
     if let Err(e) = store.set_drain(&pool.name, &b.id, Some(at)).await {
         tracing::error!(pool = %pool.name, backend = %b.id, error = %e, "sharing the drain");
     }

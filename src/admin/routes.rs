@@ -155,7 +155,8 @@ async fn backend_action(
     }
 }
 
-/// The optional `{"deadline": "10m"}` body of a drain call.
+/// The optional `{"deadline": "10m"}` body of a drain call (at most ten years,
+/// like every duration).
 fn drain_deadline(body: &[u8]) -> Result<Option<std::time::Duration>, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
@@ -168,8 +169,8 @@ fn drain_deadline(body: &[u8]) -> Result<Option<std::time::Duration>, String> {
     let d: Drain = serde_json::from_slice(body).map_err(|e| format!("drain body: {e}"))?;
     match d.deadline {
         None => Ok(None),
-        Some(s) => humantime::parse_duration(&s)
+        Some(s) => crate::config::parse_duration(&s)
             .map(Some)
-            .map_err(|e| format!("drain deadline {s:?}: {e} (write it like 30s, 10m)")),
+            .map_err(|e| format!("drain deadline: {e}")),
     }
 }

@@ -32,6 +32,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use model_tls::*;
 pub use raw::DEFAULT_BACKLOG;
+pub use values::{parse_duration, DurationError, MAX_DURATION};
 
 /// Reads and validates a configuration file. Relative paths inside it
 /// (`token_file`, `secret_file`, `store.path`, TLS certificates, keys and CAs)

@@ -75,6 +75,9 @@ pub struct Admin {
     pub token: Option<Arc<str>>,
     /// Read-only calls and `/metrics` need the token too.
     pub protect_reads: bool,
+    /// Host names, lower case, that requests may name in `Host` besides IP
+    /// literals and `localhost` (any port); others get 421 (DNS rebinding).
+    pub hosts: Vec<Arc<str>>,
 }
 
 #[derive(Debug, Clone)]

@@ -149,12 +149,14 @@ pub(crate) struct RawVip {
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "the admin settings (listen, token_file)"
+    expecting = "the admin settings (listen, token_file, protect_reads, hosts)"
 )]
 pub(crate) struct RawAdmin {
     pub listen: Option<Scalar>,
     pub token_file: Option<Scalar>,
     pub protect_reads: Option<bool>,
+    /// Host names (beyond IP literals and localhost) the admin API answers to.
+    pub hosts: Option<Vec<Scalar>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,7 +7,7 @@ use super::error::Report;
 use super::locate::KeyPath;
 use super::model::*;
 use super::raw::*;
-use super::values::{self, Zero};
+use super::values::{self, Scalar, Zero};
 
 pub(crate) fn admin(r: &mut Report, path: &KeyPath, raw: RawAdmin) -> Option<Admin> {
     let listen = match &raw.listen {
@@ -35,11 +35,35 @@ pub(crate) fn admin(r: &mut Report, path: &KeyPath, raw: RawAdmin) -> Option<Adm
             "protect_reads needs a token: set admin.token_file",
         );
     }
+    let list = path.key("hosts");
+    let hosts = (raw.hosts.iter().flatten().enumerate())
+        .filter_map(|(i, s)| admin_host(r, &list.idx(i), s))
+        .collect();
     Some(Admin {
         listen: listen?,
         token,
         protect_reads,
+        hosts,
     })
+}
+
+/// One `admin.hosts` entry: a bare host name, matched on any port.
+fn admin_host(r: &mut Report, path: &KeyPath, raw: &Scalar) -> Option<Arc<str>> {
+    let text = raw.as_str().trim();
+    let unbracketed = text.trim_start_matches('[').trim_end_matches(']');
+    let problem = if text.parse::<std::net::IpAddr>().is_ok()
+        || unbracketed.parse::<std::net::Ipv6Addr>().is_ok()
+    {
+        format!("`{text}` is an IP address: those are always answered, list host names only")
+    } else if let Some((host, _)) = text.rsplit_once(':') {
+        format!("`{text}`: write the name without a port, like `{host}` (any port is accepted)")
+    } else if let Some(problem) = values::host_problem(text) {
+        format!("`{text}` {problem}")
+    } else {
+        return Some(text.to_ascii_lowercase().into());
+    };
+    r.err(path, problem);
+    None
 }
 
 pub(crate) fn server(r: &mut Report, path: &KeyPath, raw: RawServer) -> Server {

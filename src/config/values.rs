@@ -66,6 +66,39 @@ pub(crate) enum Zero {
     Rejected,
 }
 
+/// The longest duration tether accepts, in the config and the admin API: ten
+/// years (of humantime's 365.25 days, so `10y` itself passes). Deadlines are
+/// computed as `now + d` (in `Instant`s and u64 milliseconds): bounding every
+/// input keeps that arithmetic far from overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 31_557_600);
+
+/// Why a written duration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error(
+        "invalid duration `{text}` ({reason}): write a number and a unit, like 500ms, 1s, 10m, 24h"
+    )]
+    Invalid { text: String, reason: String },
+    #[error("`{0}` is longer than 10 years, the longest duration tether accepts")]
+    TooLong(String),
+}
+
+/// `500ms`, `1s`, `10m`, `24h`, `1m30s`...: at most [`MAX_DURATION`].
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d > MAX_DURATION => Err(DurationError::TooLong(text.to_owned())),
+        Ok(d) => Ok(d),
+        // humantime says overflow for a fraction finer than a nanosecond too.
+        Err(humantime::DurationError::NumberOverflow) if !text.contains('.') => {
+            Err(DurationError::TooLong(text.to_owned()))
+        }
+        Err(e) => Err(DurationError::Invalid {
+            text: text.to_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
 /// `raw` as a duration, or `default` when absent.
 pub(crate) fn duration(
     r: &mut Report,
@@ -75,20 +108,14 @@ pub(crate) fn duration(
     zero: Zero,
 ) -> Duration {
     let Some(raw) = raw else { return default };
-    match humantime::parse_duration(raw.as_str().trim()) {
+    match parse_duration(raw.as_str()) {
         Ok(d) if d.is_zero() && zero == Zero::Rejected => {
             r.err(path, "must be greater than zero");
             default
         }
         Ok(d) => d,
         Err(e) => {
-            r.err(
-                path,
-                format!(
-                    "invalid duration `{}` ({e}): write a number and a unit, like 500ms, 1s, 10m, 24h",
-                    raw.as_str()
-                ),
-            );
+            r.err(path, e.to_string());
             default
         }
     }
@@ -153,7 +180,7 @@ pub(crate) fn backend_addr(r: &mut Report, path: &KeyPath, raw: &Scalar) -> Opti
 }
 
 /// Why `host` is not a DNS host name (RFC 1123 labels), if it is not.
-fn host_problem(host: &str) -> Option<&'static str> {
+pub(crate) fn host_problem(host: &str) -> Option<&'static str> {
     if host.is_empty() {
         return Some("is empty: write host:port");
     }

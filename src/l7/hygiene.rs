@@ -1,7 +1,8 @@
 //! What tether does to the headers of every request (spec rule 7) and what it
 //! logs of it: the client address (trusted `X-Forwarded-For`), removing
 //! `X-Tether-*` and non-WebSocket upgrades, the request-smuggling check, the
-//! headers added upstream, and the access-log line (no secrets).
+//! forwarding headers sent upstream (a client's own are dropped unless it is a
+//! trusted proxy), and the access-log line (no secrets).
 
 use std::net::IpAddr;
 
@@ -35,10 +36,12 @@ pub(super) fn client_ip(
         return Some(peer);
     }
     let mut last = peer;
+    // Every line is part of one list, read from the nearest hop back; empty
+    // elements are allowed in lists (RFC 9110 5.6.1).
     for v in req.headers.get_all("x-forwarded-for").iter().rev() {
         let Ok(s) = v.to_str() else { break };
-        for hop in s.rsplit(',') {
-            match hop.trim().parse::<IpAddr>() {
+        for hop in s.rsplit(',').map(str::trim).filter(|h| !h.is_empty()) {
+            match hop.parse::<IpAddr>() {
                 Ok(ip) if l.is_trusted(ip) => last = ip,
                 Ok(ip) => return Some(ip),
                 Err(_) => return Some(last),
@@ -72,6 +75,37 @@ pub(super) fn sanitize(req: &mut RequestHeader) -> bool {
     false
 }
 
+/// Does a backend read `name` as a statement about the client or the original
+/// request (address, scheme, host, port, path, certificate)? Matched in both
+/// spellings: CGI-style servers turn `-` into `_`, so `X_Forwarded_For` is the
+/// same header to them. `name` is lower case (`http::HeaderName`).
+fn is_forwarding(name: &str) -> bool {
+    let name = name.as_bytes();
+    // `_` in `name` counts as `-`.
+    let same = |n: &[u8], p: &[u8]| {
+        n.len() == p.len()
+            && n.iter()
+                .zip(p)
+                .all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
+    };
+    const PREFIX: &[u8] = b"x-forwarded-";
+    [&b"forwarded"[..], b"x-real-ip", b"x-scheme", b"x-forwarded"]
+        .iter()
+        .any(|h| same(name, h))
+        || name.get(..PREFIX.len()).is_some_and(|n| same(n, PREFIX))
+}
+
+/// Remove every forwarding header a client sent: only a trusted proxy's are believed.
+fn strip_forwarding(req: &mut RequestHeader) {
+    let strip: Vec<_> = (req.headers.keys())
+        .filter(|k| is_forwarding(k.as_str()))
+        .cloned()
+        .collect();
+    for k in strip {
+        req.remove_header(&k);
+    }
+}
+
 /// Spec rule 7: what every request forwarded upstream carries.
 pub(super) fn rewrite_upstream(session: &Session, up: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
     if let Some(v) = &ctx.session {
@@ -85,17 +119,22 @@ pub(super) fn rewrite_upstream(session: &Session, up: &mut RequestHeader, ctx: &
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip());
+    let trusted = peer.is_some_and(|p| ctx.l.is_trusted(p));
+    if !trusted {
+        strip_forwarding(up);
+    }
     if let Some(peer) = peer {
-        let trusted = ctx.l.is_trusted(peer);
-        let prior = up
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .filter(|_| trusted);
-        let xff = match prior {
-            Some(p) => format!("{p}, {peer}"),
-            None => peer.to_string(),
-        };
+        // Several lines are one list (RFC 9110 5.3): keep every hop, in order.
+        let mut xff = String::new();
+        for line in up.headers.get_all("x-forwarded-for") {
+            let Ok(line) = line.to_str() else { continue };
+            let line = line.trim();
+            if !line.is_empty() {
+                xff.push_str(line);
+                xff.push_str(", ");
+            }
+        }
+        xff.push_str(&peer.to_string());
         up.insert_header("x-forwarded-for", xff)?;
         if !(trusted && up.headers.contains_key("x-forwarded-proto")) {
             let proto = if ctx.l.cfg.protocol.is_tls() {
@@ -135,4 +174,39 @@ pub(super) fn access_log(
         moved_from = %ctx.moved.as_ref().map_or("", |(f, _)| &**f),
         "request"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn forwarding_headers_in_both_spellings() {
+        for yes in [
+            "forwarded",
+            "x-real-ip",
+            "x_real_ip",
+            "x-scheme",
+            "x_scheme",
+            "x-forwarded",
+            "x-forwarded-for",
+            "x_forwarded_for",
+            "x-forwarded_for",
+            "x-forwarded-tls-client-cert-info",
+            "x_forwarded_tls_client_cert_info",
+            "x-forwarded-anything",
+            "x_forwarded_a_very_long_name_beyond_thirty_two_bytes",
+        ] {
+            assert!(super::is_forwarding(yes), "{yes}");
+        }
+        for no in [
+            "x-forwardedness",
+            "forwarded-for",
+            "x-real-ip-2",
+            "x-tether-session",
+            "host",
+            "x-forwarde",
+            "",
+        ] {
+            assert!(!super::is_forwarding(no), "{no}");
+        }
+    }
 }

@@ -156,6 +156,9 @@ impl PoolRt {
     /// move (reason `drain`, or `removed` for a backend a reload removed) and
     /// its live connections close, spread out; a removed one then leaves the view.
     pub fn drain(self: &Arc<Self>, b: &Arc<BackendRt>, deadline: Duration) {
+        // The API bounds what it parses, but a deadline read from a shared store
+        // may come from anywhere: `Instant + deadline` must not overflow.
+        let deadline = deadline.min(config::MAX_DURATION);
         let b = b.clone();
         let token = b.start_drain(deadline);
         tracing::info!(pool = %self.name, backend = %b.id, ?deadline, removed = b.removed(), "draining");

@@ -68,7 +68,7 @@ impl Client {
 
     /// GET `path` with extra header lines; reuses the connection when the server allows.
     pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n");
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -100,7 +100,8 @@ impl Client {
         body: &[u8],
     ) -> std::io::Result<Response> {
         let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
+            self.addr,
             body.len()
         );
         for (k, v) in headers {

@@ -1,6 +1,7 @@
 //! Raw TCP test helpers: clients bound to chosen loopback source addresses
 //! talking to the echo backend (`echo`), a PROXY v2 writer, a TLS
-//! ClientHello builder, config YAML for tcp listeners, and admin look-ups.
+//! ClientHello builder, config YAML for tcp listeners, admin look-ups, and a
+//! port forwarder (like `ssh -L`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -240,4 +241,21 @@ pub async fn hello_split(
         return Err(std::io::Error::other("echo differs from what was sent"));
     }
     Ok(b)
+}
+
+/// A TCP forwarder on its own local port, like `ssh -L`: every connection is
+/// copied to `to` as is. Abort the task to stop accepting.
+pub async fn forwarder(to: SocketAddr) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut s) = TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut s).await;
+                }
+            });
+        }
+    });
+    (addr, task)
 }

@@ -16,7 +16,8 @@
 //! then writes back cached records Redis lacks (insert-if-absent: an owner
 //! recorded meanwhile elsewhere wins and is adopted). `tasks.rs` also keeps the
 //! coarse clock, expires idle cache entries and refreshes TTLs in batches.
-//! Operator state (drains, the cookie secret) lives in Redis too (`operator.rs`).
+//! Operator state (drains, the cookie secret) lives in Redis too (`operator.rs`);
+//! an eviction policy that could take it is warned about (`policy.rs`).
 //!
 //! Runtime contract: [`RedisStore::open`] spawns its background tasks on the
 //! current tokio runtime; they stop once the store and every pool handle are
@@ -29,6 +30,7 @@ mod lease;
 mod link;
 mod operator;
 mod ops;
+mod policy;
 mod pool;
 mod refresh;
 mod scripts;
@@ -53,6 +55,7 @@ use self::sync::Queue;
 use super::{now_ms, OperatorEvent, PoolStore, Store, StoreError, StoreStats};
 use crate::config::{Store as StoreConfig, StoreKind};
 use crate::metrics::Metrics;
+pub use policy::eviction_warning;
 pub use pool::RedisPool;
 
 /// Writes queued while Redis is unreachable, at most (then new ones are dropped
@@ -154,6 +157,7 @@ impl RedisStore {
                     tracing::warn!(error = %e, "redis store: drains not read at start");
                 }
                 let _ = shared.cookie_secret().await;
+                policy::warn_if_evicting(&shared.link).await;
             }
             Err(StoreError::Config(message)) => return Err(StoreError::Config(message)),
             Err(e) => tracing::warn!(

@@ -50,6 +50,7 @@ async fn keep_connected(weak: Weak<Shared>, mut stop: watch::Receiver<bool>) {
                         shared.pending_write_back.store(true, SeqCst);
                         shared.link.set_state(State::Syncing);
                         sync::replay(&shared).await;
+                        super::policy::warn_if_evicting(&shared.link).await;
                     }
                     Err(StoreError::Config(message)) if !reported => {
                         reported = true;

@@ -359,7 +359,8 @@ impl NodeTether {
     pub async fn admin(&self, method: &str, path: &str) -> io::Result<Response> {
         let s = connect(&self.ns, None, self.tether.admin, Duration::from_secs(2)).await?;
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.tether.admin
         );
         exchange(s, req.as_bytes(), Duration::from_secs(5)).await
     }
