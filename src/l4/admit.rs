@@ -86,7 +86,8 @@ pub async fn admit(tcp: &mut TcpStream, peer: SocketAddr, l: &ListenerRt) -> Opt
     }
     let res = if l.is_trusted(peer.ip()) {
         let limit = l.cfg.timeouts.client_header;
-        match tokio::time::timeout(limit, read_header(tcp)).await {
+        // Boxed: its buffers would otherwise sit in every connection's task for good.
+        match Box::pin(tokio::time::timeout(limit, read_header(tcp))).await {
             Ok(r) => r,
             Err(_) => Err(AdmitError::Timeout(limit)),
         }

@@ -12,6 +12,10 @@
 //! On a `tls` listener the TLS handshake comes first (its server name is the
 //! `sni` key) and the decrypted bytes are what is read and copied; a pool
 //! with `tls` gets TLS to its backends, on either kind of listener.
+//!
+//! The steps before the tunnel (handshake, key, routing, connect) run as
+//! boxed futures: a task is as large as its largest state, and an idle
+//! device connection should not carry their buffers for days.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +32,7 @@ use crate::backend::BackendRt;
 use crate::config::{Fallback, IpMask, Key};
 use crate::l7::listener::ListenerRt;
 use crate::pool::Decision;
+use crate::store::{LiveGuard, MoveReason};
 use crate::tls::client::{self, Upstream};
 use crate::tunnel::{self, Mode, Params};
 
@@ -40,8 +45,33 @@ enum Client {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-/// Serve one admitted tcp or tls connection until it closes.
-pub async fn serve(mut tcp: TcpStream, addr: ClientAddr, l: &ListenerRt) {
+/// A session ready to copy: both ends open, the opening bytes in hand.
+struct Ready {
+    client: Client,
+    upstream: Upstream,
+    /// The bytes the key was read from, for the backend first.
+    first: Vec<u8>,
+    /// The client half-closed while they were read.
+    eof: bool,
+    backend: Arc<BackendRt>,
+    /// The session is live (never idle) while its connection is.
+    _live: Option<LiveGuard>,
+    key: Option<String>,
+    moved: Option<(Arc<str>, MoveReason)>,
+    src: SocketAddr,
+}
+
+/// Serve one admitted tcp or tls connection until it closes. Everything
+/// up to the connected backend runs boxed (freed once done), so the task of
+/// a long-lived session holds only the tunnel's state.
+pub async fn serve(tcp: TcpStream, addr: ClientAddr, l: &ListenerRt) {
+    if let Some(ready) = Box::pin(open(tcp, addr, l)).await {
+        ready.run(l).await;
+    }
+}
+
+/// Handshake, key, route and connect.
+async fn open(mut tcp: TcpStream, addr: ClientAddr, l: &ListenerRt) -> Option<Ready> {
     let _ = tcp.set_nodelay(true);
     let key_cfg = &l.cfg.affinity.key;
     let limit = l.cfg.timeouts.client_header;
@@ -52,9 +82,7 @@ pub async fn serve(mut tcp: TcpStream, addr: ClientAddr, l: &ListenerRt) {
             .await
             .map(|o| (Client::Tcp(tcp), o)),
         Some(tls) => {
-            let Some(mut s) = tls.accept(tcp, limit, addr.src).await else {
-                return;
-            };
+            let mut s = tls.accept(tcp, limit, addr.src).await?;
             let opening = match key_cfg {
                 // The name came with the handshake: nothing more to read.
                 Key::Sni => Ok(Opening {
@@ -67,25 +95,15 @@ pub async fn serve(mut tcp: TcpStream, addr: ClientAddr, l: &ListenerRt) {
             opening.map(|o| (Client::Tls(Box::new(s)), o))
         }
     };
-    match read {
-        Ok((client, opening)) => session(client, opening, addr, local, l).await,
+    let (client, opening) = match read {
+        Ok(r) => r,
         Err(e) => {
             tracing::debug!(listener = %l.cfg.name, client = %addr.src, error = %e, "reading the key");
+            return None;
         }
-    }
-}
-
-/// Key, route, connect and copy, once the opening bytes (if any) are read.
-async fn session(
-    client: Client,
-    opening: Opening,
-    addr: ClientAddr,
-    local: Option<SocketAddr>,
-    l: &ListenerRt,
-) {
-    let key_cfg = &l.cfg.affinity.key;
+    };
     if opening.eof && opening.bytes.is_empty() {
-        return; // gone before saying anything: nothing to forward
+        return None; // gone before saying anything: nothing to forward
     }
     let key = match key_cfg {
         Key::SourceIp(mask) => Some(IpKey::new(addr.src.ip(), *mask).as_str().to_owned()),
@@ -101,7 +119,7 @@ async fn session(
         (None, Fallback::Random) => None,
         (None, Fallback::Reject) => {
             tracing::debug!(listener = %l.cfg.name, client = %addr.src, "no key: closed (fallback reject)");
-            return;
+            return None;
         }
     };
     let decision = match &key {
@@ -109,19 +127,19 @@ async fn session(
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(pool = %l.pool.name, error = %e, "affinity store failed");
-                return;
+                return None;
             }
         },
         None => l.pool.route_random(),
     };
     let Decision::Backend {
         backend,
-        live: _live,
+        live,
         moved,
     } = decision
     else {
         tracing::debug!(listener = %l.cfg.name, client = %addr.src, "no live backend: closed");
-        return;
+        return None;
     };
     if let Some((from, reason)) = &moved {
         // Counted in session_moves_total; a mass failover must not flood the log.
@@ -139,47 +157,73 @@ async fn session(
     };
     let Some((backend, upstream)) = connect(l, backend, key_hash, &header).await else {
         tracing::debug!(listener = %l.cfg.name, client = %addr.src, "no backend could be reached: closed");
-        return;
+        return None;
     };
-    let first = opening.bytes;
+    Some(Ready {
+        client,
+        upstream,
+        first: opening.bytes,
+        eof: opening.eof,
+        backend,
+        _live: live,
+        key,
+        moved,
+        src: addr.src,
+    })
+}
 
-    let _active = Active::new(&backend);
-    // Registered with the backend it is actually connected to: a later
-    // mark-down of the one that refused does not close it again.
-    let reg = backend.register_tunnel();
-    let started = std::time::Instant::now();
-    let p = Params {
-        mode: Mode::Raw,
-        idle: l.cfg.timeouts.idle,
-        half_closed: l.cfg.timeouts.half_closed,
-        ctl: &reg.ctl,
-        bytes_in: &l.bytes_in,
-        bytes_out: &l.bytes_out,
-    };
-    let done = match (client, upstream) {
-        (Client::Tcp(c), Upstream::Plain(u)) => {
-            tunnel::run(c, u, first, Vec::new(), opening.eof, &p).await
+impl Ready {
+    /// Copy until the session ends, then account for it.
+    async fn run(self, l: &ListenerRt) {
+        let Ready {
+            client,
+            upstream,
+            first,
+            eof,
+            backend,
+            _live,
+            key,
+            moved,
+            src,
+        } = self;
+        let _active = Active::new(&backend);
+        // Registered with the backend it is actually connected to: a later
+        // mark-down of the one that refused does not close it again.
+        let reg = backend.register_tunnel();
+        let started = std::time::Instant::now();
+        let p = Params {
+            mode: Mode::Raw,
+            idle: l.cfg.timeouts.idle,
+            half_closed: l.cfg.timeouts.half_closed,
+            ctl: &reg.ctl,
+            bytes_in: &l.bytes_in,
+            bytes_out: &l.bytes_out,
+        };
+        let done = match (client, upstream) {
+            (Client::Tcp(c), Upstream::Plain(u)) => {
+                tunnel::run(c, u, first, Vec::new(), eof, &p).await
+            }
+            (Client::Tcp(c), u) => tunnel::run(c, u, first, Vec::new(), eof, &p).await,
+            (Client::Tls(c), u) => tunnel::run(c, u, first, Vec::new(), eof, &p).await,
+        };
+        let end = &done.end;
+        tracing::debug!(listener = %l.cfg.name, client = %src, backend = %backend.id, %end, "tcp session ended");
+        if l.cfg.access_log {
+            tracing::info!(
+                target: "tether::access",
+                listener = %l.cfg.name,
+                pool = %l.pool.name,
+                backend = %backend.id,
+                client = %src,
+                session = %key.as_deref().map(crate::pool::key_hash).unwrap_or_default(),
+                bytes_in = done.bytes_in,
+                bytes_out = done.bytes_out,
+                duration_ms = started.elapsed().as_millis() as u64,
+                moved_from = %moved.as_ref().map(|(f, _)| &**f).unwrap_or(""),
+                end = %end,
+                "connection"
+            );
         }
-        (Client::Tcp(c), u) => tunnel::run(c, u, first, Vec::new(), opening.eof, &p).await,
-        (Client::Tls(c), u) => tunnel::run(c, u, first, Vec::new(), opening.eof, &p).await,
-    };
-    let end = &done.end;
-    tracing::debug!(listener = %l.cfg.name, client = %addr.src, backend = %backend.id, %end, "tcp session ended");
-    if l.cfg.access_log {
-        tracing::info!(
-            target: "tether::access",
-            listener = %l.cfg.name,
-            pool = %l.pool.name,
-            backend = %backend.id,
-            client = %addr.src,
-            session = %key.as_deref().map(crate::pool::key_hash).unwrap_or_default(),
-            bytes_in = done.bytes_in,
-            bytes_out = done.bytes_out,
-            duration_ms = started.elapsed().as_millis() as u64,
-            moved_from = %moved.as_ref().map(|(f, _)| &**f).unwrap_or(""),
-            end = %end,
-            "connection"
-        );
     }
 }
 

@@ -82,7 +82,10 @@ pub fn pingora_stream(tcp: TcpStream, peer: SocketAddr) -> L4Stream {
     s
 }
 
-/// Serve one client connection of an http or https listener until it closes.
+/// Serve one client connection of an http or https listener until it
+/// closes. Requests run boxed (pingora's session, TLS, the upgrade
+/// handshake), freed before a WebSocket's tunnel starts: the task of a
+/// long-lived WebSocket holds only the tunnel's state.
 pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -90,22 +93,37 @@ pub async fn serve(
     proxy: &Arc<HttpProxy<Router>>,
     stop: &ShutdownWatch,
 ) {
+    if let Some(ws) = Box::pin(requests_of(tcp, peer, l, proxy, stop)).await {
+        ws.run().await;
+    }
+}
+
+/// Everything but a WebSocket's tunnel; `Some` when one is ready.
+async fn requests_of(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    l: &ListenerRt,
+    proxy: &Arc<HttpProxy<Router>>,
+    stop: &ShutdownWatch,
+) -> Option<super::websocket::Tunnel> {
     let limit = l.cfg.timeouts.client_header;
     if let Some(tls) = &l.tls {
-        let Some(s) = tls.accept(pingora_stream(tcp, peer), limit, peer).await else {
-            return;
-        };
+        let s = tls.accept(pingora_stream(tcp, peer), limit, peer).await?;
         let mut conn = TlsConn::new(s);
         if conn.is_h2() {
             conn.expect_preface(limit);
-            return serve_h2(Box::new(conn), proxy, stop).await;
+            serve_h2(Box::new(conn), proxy, stop).await;
+            return None;
         }
         return serve_h1(Box::new(conn), l, proxy, stop).await;
     }
     if l.cfg.h2c {
         match sniff(&tcp, limit).await {
-            Sniff::H2 => return serve_h2(Box::new(pingora_stream(tcp, peer)), proxy, stop).await,
-            Sniff::Gone => return,
+            Sniff::H2 => {
+                serve_h2(Box::new(pingora_stream(tcp, peer)), proxy, stop).await;
+                return None;
+            }
+            Sniff::Gone => return None,
             Sniff::H1 => {}
         }
     }
@@ -151,13 +169,25 @@ async fn serve_h2(stream: Stream, proxy: &Arc<HttpProxy<Router>>, stop: &Shutdow
     let _ = proxy.process_new(stream, stop).await;
 }
 
-/// HTTP/1.1: requests in turn until the connection closes.
+/// HTTP/1.1: requests in turn until the connection closes, or until one
+/// is a WebSocket upgrade, handed over to tether's own path.
 async fn serve_h1(
     inner: Stream,
     l: &ListenerRt,
     proxy: &Arc<HttpProxy<Router>>,
     stop: &ShutdownWatch,
-) {
+) -> Option<super::websocket::Tunnel> {
+    let (job, stream) = requests(inner, l, proxy, stop).await?;
+    super::websocket::open(job, stream).await
+}
+
+/// pingora's HTTP/1.1 loop; `Some` when a request was handed over.
+async fn requests(
+    inner: Stream,
+    l: &ListenerRt,
+    proxy: &Arc<HttpProxy<Router>>,
+    stop: &ShutdownWatch,
+) -> Option<(Box<super::websocket::Job>, Stream)> {
     let limits = HeaderLimits {
         max_bytes: l.cfg.max_header_bytes,
         timeout: l.cfg.timeouts.client_header,
@@ -175,7 +205,7 @@ async fn serve_h1(
     while let Some((stream, settings)) = result.map(|r| r.consume()) {
         if let Some(job) = info.take_handoff() {
             // A WebSocket upgrade: pingora is done with the connection.
-            return super::websocket::serve(job, stream).await;
+            return Some((job, stream));
         }
         let mut session = ServerSession::new_http1(stream);
         if let Some(s) = settings {
@@ -186,4 +216,5 @@ async fn serve_h1(
         }
         result = proxy.process_new_http(session, stop).await;
     }
+    None
 }

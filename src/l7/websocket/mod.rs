@@ -29,6 +29,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use pingora::protocols::Stream;
 use pingora::proxy::Session;
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use super::conn::ConnStream;
 use super::listener::ListenerRt;
@@ -37,6 +38,7 @@ use super::socket::ClientSocket;
 use crate::affinity::hash::hash_key;
 use crate::backend::BackendRt;
 use crate::store::{LiveGuard, MoveReason};
+use crate::tls::client::Upstream;
 use crate::tunnel::{self, Mode, Params, Side};
 use handshake::{Exchange, Failure};
 
@@ -132,31 +134,61 @@ pub(super) fn prepare(session: &Session, ctx: &mut Ctx) -> Result<Box<Job>, u16>
     }))
 }
 
-/// Finish the job on `stream`, the connection pingora handed back.
-pub async fn serve(job: Box<Job>, stream: Stream) {
+/// The client's end of a WebSocket: the bare socket, or the TLS stream of
+/// an https listener.
+enum ClientIo {
+    Tcp(TcpStream),
+    Tls(Stream),
+}
+
+/// A WebSocket whose 101 went out: what the tunnel needs, nothing more.
+pub struct Tunnel {
+    job: Job,
+    backend: Arc<BackendRt>,
+    client: ClientIo,
+    upstream: Upstream,
+    to_backend: Vec<u8>,
+    to_client: Vec<u8>,
+}
+
+/// Finish the job's handshake on `stream`, the connection pingora handed
+/// back. `Some` when a tunnel is ready; otherwise the client got its answer
+/// (an error, or the backend's refusal) and the connection is done.
+pub async fn open(job: Box<Job>, stream: Stream) -> Option<Tunnel> {
     if !stream.as_any().is::<ConnStream>() {
         tracing::warn!("websocket hand-off on an unexpected stream");
-        return;
+        return None;
     }
     let (inner, early) = match stream.into_any().downcast::<ConnStream>() {
         Ok(conn) => conn.into_parts(),
-        Err(_) => return,
+        Err(_) => return None,
     };
-    if inner.as_any().is::<ClientSocket>() {
-        let tcp = match inner.into_any().downcast::<ClientSocket>() {
-            Ok(s) => s.into_tcp(),
-            Err(_) => return,
-        };
-        return run(*job, tcp, early).await;
+    let client = if inner.as_any().is::<ClientSocket>() {
+        match inner.into_any().downcast::<ClientSocket>() {
+            Ok(s) => ClientIo::Tcp(s.into_tcp()),
+            Err(_) => return None,
+        }
+    } else {
+        ClientIo::Tls(inner)
+    };
+    match client {
+        ClientIo::Tcp(c) => handshake_on(*job, c, early, ClientIo::Tcp).await,
+        ClientIo::Tls(c) => handshake_on(*job, c, early, ClientIo::Tls).await,
     }
-    // TLS listeners: the TLS stream as it is.
-    run(*job, inner, early).await
 }
 
-async fn run<C: Side>(job: Job, mut client: C, early: Vec<u8>) {
+async fn handshake_on<C: Side>(
+    mut job: Job,
+    mut client: C,
+    early: Vec<u8>,
+    wrap: fn(C) -> ClientIo,
+) -> Option<Tunnel> {
     let ex = match handshake::exchange(&job).await {
         Ok(ex) => ex,
-        Err(fail) => return failed(&job, &mut client, fail).await,
+        Err(fail) => {
+            failed(&job, &mut client, fail).await;
+            return None;
+        }
     };
     let Exchange {
         backend,
@@ -165,86 +197,107 @@ async fn run<C: Side>(job: Job, mut client: C, early: Vec<u8>) {
         rest,
         interim,
     } = ex;
+    // Sent: not worth keeping for the life of the tunnel.
+    job.head = Vec::new();
     let l = &job.l;
-    backend.upstream_active.inc();
-    let status = head.status;
-    let mut bytes = (0, 0);
     if !interim.is_empty() && client.write_all(&interim).await.is_err() {
-        backend.upstream_active.dec();
-        return;
+        return None;
     }
+    let status = head.status;
     if status != 101 {
         let idle = l.pool.cfg().timeouts.response_idle;
         let set_cookie = job.set_cookie.as_deref();
-        match refusal::relay(&mut client, &mut upstream, &head, rest, set_cookie, idle).await {
-            Ok(n) => {
-                bytes.1 = n;
-                l.bytes_out.inc_by(n);
-            }
+        backend.upstream_active.inc();
+        let relay = refusal::relay(&mut client, &mut upstream, &head, rest, set_cookie, idle).await;
+        backend.upstream_active.dec();
+        let sent = match relay {
+            Ok(n) => n,
             Err(refusal::RelayError::Framing(e)) => {
-                backend.upstream_active.dec();
-                return failed(&job, &mut client, Failure::Invalid(e)).await;
+                failed(&job, &mut client, Failure::Invalid(e)).await;
+                return None;
             }
             Err(e) => {
-                tracing::debug!(backend = %backend.id, error = %e, "relaying a refused upgrade")
+                tracing::debug!(backend = %backend.id, error = %e, "relaying a refused upgrade");
+                0
             }
-        }
-    } else if !head
+        };
+        l.bytes_out.inc_by(sent);
+        finish(&job, Some(&backend), status, (0, sent));
+        return None;
+    }
+    if !head
         .values("sec-websocket-accept")
         .any(|v| v == job.accept.as_bytes())
     {
         tracing::warn!(backend = %backend.id, "101 with a wrong Sec-WebSocket-Accept: answered 502");
-        backend.upstream_active.dec();
         let fail = Failure::Invalid(crate::h1::response::HeadError::Malformed(
             "Sec-WebSocket-Accept does not match the key".into(),
         ));
-        return failed(&job, &mut client, fail).await;
-    } else {
-        bytes = tunnel_on(&job, &backend, client, upstream, &head, rest, early).await;
+        failed(&job, &mut client, fail).await;
+        return None;
     }
-    backend.upstream_active.dec();
-    finish(&job, Some(&backend), status, bytes);
+    job.accept = String::new();
+    let answer = answer_101(&head, job.set_cookie.take());
+    if client.write_all(&answer).await.is_err() || client.flush().await.is_err() {
+        return None;
+    }
+    Some(Tunnel {
+        job,
+        backend,
+        client: wrap(client),
+        upstream,
+        to_backend: early,
+        to_client: rest,
+    })
 }
 
-/// The 101 to the client, then the tunnel until it ends. Returns the bytes
-/// moved (client to backend, backend to client).
-async fn tunnel_on<C: Side>(
-    job: &Job,
-    backend: &Arc<BackendRt>,
-    mut client: C,
-    upstream: crate::tls::client::Upstream,
-    head: &crate::h1::response::Head,
-    to_client: Vec<u8>,
-    to_backend: Vec<u8>,
-) -> (u64, u64) {
+impl Tunnel {
+    /// Copy both ways until the WebSocket ends, then account for it.
+    pub async fn run(self) {
+        let Tunnel {
+            job,
+            backend,
+            client,
+            upstream,
+            to_backend,
+            to_client,
+        } = self;
+        let l = &job.l;
+        backend.upstream_active.inc();
+        // Registered with the backend it is connected to, which a retry may
+        // have changed: that backend's mark-down or drain closes it, not the
+        // one that refused.
+        let reg = backend.register_tunnel();
+        let p = Params {
+            mode: Mode::WebSocket,
+            idle: l.cfg.timeouts.idle,
+            half_closed: l.cfg.timeouts.half_closed,
+            ctl: &reg.ctl,
+            bytes_in: &l.bytes_in,
+            bytes_out: &l.bytes_out,
+        };
+        let done = match client {
+            ClientIo::Tcp(c) => tunnel::run(c, upstream, to_backend, to_client, false, &p).await,
+            ClientIo::Tls(c) => tunnel::run(c, upstream, to_backend, to_client, false, &p).await,
+        };
+        drop(reg);
+        backend.upstream_active.dec();
+        tracing::debug!(listener = %l.cfg.name, backend = %backend.id, end = %done.end, "websocket ended");
+        finish(&job, Some(&backend), 101, (done.bytes_in, done.bytes_out));
+    }
+}
+
+/// The backend's 101 as the client gets it: untouched, plus the insert-mode cookie.
+fn answer_101(head: &crate::h1::response::Head, set_cookie: Option<String>) -> Vec<u8> {
     let mut out = Vec::with_capacity(head.raw.len() + 128);
     out.extend_from_slice(&head.raw[..head.raw.len() - 2]);
-    if let Some(c) = &job.set_cookie {
+    if let Some(c) = set_cookie {
         out.extend_from_slice(b"set-cookie: ");
         out.extend_from_slice(c.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if client.write_all(&out).await.is_err() || client.flush().await.is_err() {
-        return (0, 0);
-    }
-    drop(out);
-    let l = &job.l;
-    // Registered with the backend it is connected to, which a retry may
-    // have changed: that backend's mark-down or drain closes it, not the
-    // one that refused.
-    let reg = backend.register_tunnel();
-    let p = Params {
-        mode: Mode::WebSocket,
-        idle: l.cfg.timeouts.idle,
-        half_closed: l.cfg.timeouts.half_closed,
-        ctl: &reg.ctl,
-        bytes_in: &l.bytes_in,
-        bytes_out: &l.bytes_out,
-    };
-    let done = tunnel::run(client, upstream, to_backend, to_client, false, &p).await;
-    tracing::debug!(listener = %l.cfg.name, backend = %backend.id, end = %done.end, "websocket ended");
-    (done.bytes_in, done.bytes_out)
+    out
 }
 
 /// The upgrade could not be sent or answered: tell the client with a bare status.
