@@ -36,8 +36,9 @@ pub trait Leases: Send + Sync {
     async fn acquire(&self, name: &str, value: &str, ttl: Duration) -> Result<Acquire, StoreError>;
 
     /// Extend our hold of `name` by `ttl`. `replicas`: the renewal counts only
-    /// once it reached that many replicas (Redis `WAIT`), so a failover of
-    /// the store cannot forget it.
+    /// once that many replicas have it (Redis `WAIT`; fewer if fewer are
+    /// connected), so a failover of the store cannot forget it; an
+    /// unconfirmed renewal is an error, like an unanswered one.
     async fn renew(
         &self,
         name: &str,

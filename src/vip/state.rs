@@ -66,7 +66,7 @@ pub struct Status {
 pub(super) struct Shared {
     pub cfg: config::Vip,
     pub me: Holder,
-    /// Replicas a renewal must reach (`WAIT`): 1 with Sentinel, else 0.
+    /// Replicas a renewal must reach (`WAIT`): `vip.min_replicas`.
     pub replicas: u32,
     leader: AtomicBool,
     holder: Mutex<String>,

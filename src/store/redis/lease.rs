@@ -1,13 +1,13 @@
 //! [`Leases`] on Redis: `SET NX PX` to take, Lua compare-and-set scripts to
-//! renew and release (a node never touches a lease it does not hold), and an
-//! optional `WAIT` so a renewal only counts once a replica has it.
+//! renew and release (a node never touches a lease it does not hold), a
+//! renewal confirmed on replicas with `WAIT` when asked. Everything runs on
+//! the leases' own connection (`lease_link.rs`), never the store's.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::Script;
 
-use super::link::Fail;
+use super::lease_link::{confirm, online_replicas, LeaseFail};
 use super::RedisStore;
 use crate::store::lease::{Acquire, Leases, Renew};
 use crate::store::StoreError;
@@ -36,8 +36,20 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-fn failed(what: &str, e: Fail) -> StoreError {
+fn failed(what: &str, e: LeaseFail) -> StoreError {
     StoreError::Unavailable(format!("lease {what}: {e}"))
+}
+
+/// `EVAL script` with `keys` and `args`, then `INFO replication`, in one round trip.
+fn eval_and_info(script: &str, keys: &[&str], args: &[String]) -> redis::Pipeline {
+    let mut p = redis::pipe();
+    p.cmd("EVAL")
+        .arg(script)
+        .arg(keys.len())
+        .arg(keys)
+        .arg(args);
+    p.cmd("INFO").arg("replication");
+    p
 }
 
 impl RedisStore {
@@ -53,15 +65,17 @@ impl Leases for RedisStore {
     async fn acquire(&self, name: &str, value: &str, ttl: Duration) -> Result<Acquire, StoreError> {
         let (key, _) = self.lease_keys(name);
         let (left, holder): (i64, String) = self
-            .shared
-            .link
-            .call("lease_acquire", |mut c| async move {
-                Script::new(ACQUIRE)
-                    .key(&key)
+            .lease_link
+            .call(&self.shared.link, "lease_acquire", |mut c, _| async move {
+                redis::cmd("EVAL")
+                    .arg(ACQUIRE)
+                    .arg(1)
+                    .arg(&key)
                     .arg(value)
                     .arg(ms(ttl))
-                    .invoke_async(&mut c)
+                    .query_async(&mut c)
                     .await
+                    .map_err(LeaseFail::from)
             })
             .await
             .map_err(|e| failed("acquire", e))?;
@@ -70,7 +84,7 @@ impl Leases for RedisStore {
             // -2: expired between the SET and the PTTL; -1 never comes (always PX).
             left => Acquire::Held {
                 holder,
-                left: Duration::from_millis(left.max(0) as u64),
+                left: Duration::from_millis(u64::try_from(left).unwrap_or(0)),
             },
         })
     }
@@ -83,32 +97,19 @@ impl Leases for RedisStore {
         replicas: u32,
     ) -> Result<Renew, StoreError> {
         let (key, want) = self.lease_keys(name);
-        let limit = self.shared.link.cfg.command_timeout;
-        let (ok, wanted): (i64, String) = self
-            .shared
-            .link
-            .call("lease_renew", |mut c| async move {
-                let r = Script::new(RENEW)
-                    .key(&key)
-                    .key(&want)
-                    .arg(value)
-                    .arg(ms(ttl))
-                    .invoke_async(&mut c)
-                    .await?;
-                if replicas > 0 {
-                    let acked: i64 = redis::cmd("WAIT")
-                        .arg(replicas)
-                        .arg(ms(limit))
+        let link = &self.shared.link;
+        let (ok, wanted) = self
+            .lease_link
+            .call(link, "lease_renew", |mut c, within| async move {
+                let args = [value.to_owned(), ms(ttl).to_string()];
+                let ((ok, wanted), info): ((i64, String), String) =
+                    eval_and_info(RENEW, &[&key, &want], &args)
                         .query_async(&mut c)
                         .await?;
-                    if acked < i64::from(replicas) {
-                        return Err(redis::RedisError::from((
-                            redis::ErrorKind::Io,
-                            "renewal not confirmed by a replica",
-                        )));
-                    }
+                if ok == 1 {
+                    confirm(&mut c, replicas, online_replicas(&info), within).await?;
                 }
-                Ok(r)
+                Ok((ok, wanted))
             })
             .await
             .map_err(|e| failed("renew", e))?;
@@ -123,14 +124,16 @@ impl Leases for RedisStore {
     async fn release(&self, name: &str, value: &str) -> Result<bool, StoreError> {
         let (key, _) = self.lease_keys(name);
         let n: i64 = self
-            .shared
-            .link
-            .call("lease_release", |mut c| async move {
-                Script::new(RELEASE)
-                    .key(&key)
+            .lease_link
+            .call(&self.shared.link, "lease_release", |mut c, _| async move {
+                redis::cmd("EVAL")
+                    .arg(RELEASE)
+                    .arg(1)
+                    .arg(&key)
                     .arg(value)
-                    .invoke_async(&mut c)
+                    .query_async(&mut c)
                     .await
+                    .map_err(LeaseFail::from)
             })
             .await
             .map_err(|e| failed("release", e))?;
@@ -139,9 +142,8 @@ impl Leases for RedisStore {
 
     async fn request(&self, name: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
         let (_, want) = self.lease_keys(name);
-        self.shared
-            .link
-            .call("lease_request", |mut c| async move {
+        self.lease_link
+            .call(&self.shared.link, "lease_request", |mut c, _| async move {
                 redis::cmd("SET")
                     .arg(&want)
                     .arg(value)
@@ -149,6 +151,7 @@ impl Leases for RedisStore {
                     .arg(ms(ttl))
                     .query_async::<()>(&mut c)
                     .await
+                    .map_err(LeaseFail::from)
             })
             .await
             .map_err(|e| failed("request", e))
@@ -156,13 +159,13 @@ impl Leases for RedisStore {
 
     async fn holder(&self, name: &str) -> Result<Option<String>, StoreError> {
         let (key, _) = self.lease_keys(name);
-        self.shared
-            .link
-            .call("lease_get", |mut c| async move {
+        self.lease_link
+            .call(&self.shared.link, "lease_get", |mut c, _| async move {
                 redis::cmd("GET")
                     .arg(&key)
                     .query_async::<Option<String>>(&mut c)
                     .await
+                    .map_err(LeaseFail::from)
             })
             .await
             .map_err(|e| failed("read", e))
@@ -171,13 +174,16 @@ impl Leases for RedisStore {
     async fn left(&self, name: &str) -> Result<Option<Duration>, StoreError> {
         let (key, _) = self.lease_keys(name);
         let ms: i64 = self
-            .shared
-            .link
-            .call("lease_ttl", |mut c| async move {
-                redis::cmd("PTTL").arg(&key).query_async(&mut c).await
+            .lease_link
+            .call(&self.shared.link, "lease_ttl", |mut c, _| async move {
+                redis::cmd("PTTL")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(LeaseFail::from)
             })
             .await
             .map_err(|e| failed("read", e))?;
-        Ok((ms >= 0).then(|| Duration::from_millis(ms as u64)))
+        Ok(u64::try_from(ms).ok().map(Duration::from_millis))
     }
 }
