@@ -291,7 +291,7 @@ async fn start_vip(
         .clone()
         .leases()
         .ok_or(crate::vip::VipError::NoLeases)?;
-    Ok(crate::vip::Vip::start(cfg.clone(), leases, cfg.min_replicas, metrics, path).await?)
+    Ok(crate::vip::Vip::start(cfg.clone(), leases, metrics, path).await?)
 }
 
 /// Tell systemd (`Type=notify`), when it is listening; a failure is only logged.

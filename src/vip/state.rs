@@ -1,11 +1,13 @@
 //! What the VIP task shares with the admin API and metrics: this node's lease
-//! value, its role, the current holder and since when.
+//! value, its role, the current holder and since when; and with its own
+//! announcements: until when the address may be announced.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::config;
 use crate::metrics::Metrics;
@@ -66,9 +68,9 @@ pub struct Status {
 pub(super) struct Shared {
     pub cfg: config::Vip,
     pub me: Holder,
-    /// Replicas a renewal must reach (`WAIT`): `vip.min_replicas`.
-    pub replicas: u32,
     leader: AtomicBool,
+    /// When our copy of the address runs out in the kernel, unless refreshed.
+    address_until: Mutex<Option<Instant>>,
     holder: Mutex<String>,
     since: AtomicU64,
     leader_gauge: IntGauge,
@@ -76,14 +78,14 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    pub fn new(cfg: config::Vip, me: Holder, metrics: &Metrics, replicas: u32) -> Shared {
+    pub fn new(cfg: config::Vip, me: Holder, metrics: &Metrics) -> Shared {
         let leader_gauge = metrics.vip_leader.clone();
         leader_gauge.set(0);
         Shared {
             cfg,
             me,
-            replicas,
             leader: AtomicBool::new(false),
+            address_until: Mutex::new(None),
             holder: Mutex::new(String::new()),
             since: AtomicU64::new(now_ms()),
             leader_gauge,
@@ -100,6 +102,20 @@ impl Shared {
         if leader {
             self.set_holder(&self.me.name);
         }
+    }
+
+    pub fn set_address_until(&self, until: Option<Instant>) {
+        if let Ok(mut u) = self.address_until.lock() {
+            *u = until;
+        }
+    }
+
+    /// Whether announcing the address is still right: we lead and our copy
+    /// has not run out (a process resumed after a stop must not announce an
+    /// address the kernel already took away and another node now holds).
+    pub fn may_announce(&self) -> bool {
+        let until = self.address_until.lock().map(|u| *u).unwrap_or(None);
+        self.leader.load(Ordering::Acquire) && until.is_some_and(|u| Instant::now() < u)
     }
 
     pub fn set_holder(&self, name: &str) {

@@ -430,4 +430,14 @@ impl NodeTether {
     pub fn terminate(&self) {
         self.tether.signal(nix::sys::signal::Signal::SIGTERM);
     }
+
+    /// SIGSTOP: frozen, its sockets and addresses left as they are.
+    pub fn freeze(&self) {
+        self.tether.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT after `freeze`.
+    pub fn thaw(&self) {
+        self.tether.signal(nix::sys::signal::Signal::SIGCONT);
+    }
 }

@@ -1,14 +1,19 @@
 //! Leases (the VIP's leadership) on a real Redis: one holder at a time, only
-//! the holder renews or releases, expiry, takeover requests, and confirmation
-//! on a real replica on the leases' own connection.
+//! the holder renews or releases, expiry, takeover requests, how the previous
+//! hold ended, and confirmation on a real replica on the leases' own
+//! connection.
 
 use std::time::{Duration, Instant};
 
 use super::{instance, ops, redis_config, store_up, RedisServer};
-use crate::store::lease::{Acquire, Leases, Renew};
+use crate::store::lease::{Acquire, Leases, Previous, Renew};
 use crate::store::Store;
 
 const TTL: Duration = Duration::from_millis(400);
+
+fn taken(previous: Previous) -> Acquire {
+    Acquire::Taken { previous }
+}
 
 #[tokio::test]
 async fn one_holder_and_only_it_renews_or_releases() {
@@ -16,15 +21,15 @@ async fn one_holder_and_only_it_renews_or_releases() {
     let (a, _) = instance(redis.port).await;
     let (b, _) = instance(redis.port).await;
     assert_eq!(
-        a.acquire("vip", "tok-a 100 a", TTL).await.unwrap(),
-        Acquire::Taken
+        a.acquire("vip", "tok-a 100 a", TTL, 0).await.unwrap(),
+        taken(Previous::Lapsed)
     );
     // Taking it again is a renewal of our own.
     assert_eq!(
-        a.acquire("vip", "tok-a 100 a", TTL).await.unwrap(),
-        Acquire::Taken
+        a.acquire("vip", "tok-a 100 a", TTL, 0).await.unwrap(),
+        taken(Previous::Ours)
     );
-    match b.acquire("vip", "tok-b 100 b", TTL).await.unwrap() {
+    match b.acquire("vip", "tok-b 100 b", TTL, 0).await.unwrap() {
         Acquire::Held { holder, left } => {
             assert_eq!(holder, "tok-a 100 a");
             assert!(left > Duration::ZERO && left <= TTL, "{left:?}");
@@ -36,7 +41,7 @@ async fn one_holder_and_only_it_renews_or_releases() {
         Renew::Lost
     );
     assert!(
-        !b.release("vip", "tok-b 100 b").await.unwrap(),
+        !b.release("vip", "tok-b 100 b", true).await.unwrap(),
         "not b's to release"
     );
     assert_eq!(
@@ -56,10 +61,40 @@ async fn one_holder_and_only_it_renews_or_releases() {
             wanted_by: Some("tok-b 200 b".into())
         }
     );
-    assert!(a.release("vip", "tok-a 100 a").await.unwrap());
+    assert!(a.release("vip", "tok-a 100 a", true).await.unwrap());
     assert_eq!(
-        b.acquire("vip", "tok-b 200 b", TTL).await.unwrap(),
-        Acquire::Taken
+        b.acquire("vip", "tok-b 200 b", TTL, 0).await.unwrap(),
+        taken(Previous::Released)
+    );
+}
+
+/// The next holder learns whether it may use what the lease guards at once:
+/// only after a clean release, and only the first taker after it.
+#[tokio::test]
+async fn the_taker_learns_how_the_previous_hold_ended() {
+    let redis = RedisServer::start();
+    let (a, _) = instance(redis.port).await;
+    let (b, _) = instance(redis.port).await;
+    assert_eq!(
+        a.acquire("vip", "a", TTL, 0).await.unwrap(),
+        taken(Previous::Lapsed)
+    );
+    assert!(a.release("vip", "a", false).await.unwrap());
+    assert_eq!(
+        b.acquire("vip", "b", TTL, 0).await.unwrap(),
+        taken(Previous::Lapsed),
+        "released without cleaning up"
+    );
+    assert!(b.release("vip", "b", true).await.unwrap());
+    assert_eq!(
+        a.acquire("vip", "a", TTL, 0).await.unwrap(),
+        taken(Previous::Released)
+    );
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+    assert_eq!(
+        b.acquire("vip", "b", TTL, 0).await.unwrap(),
+        taken(Previous::Lapsed),
+        "expired: the clean mark was a's to consume"
     );
 }
 
@@ -68,9 +103,15 @@ async fn an_unrenewed_lease_expires_and_is_lost() {
     let redis = RedisServer::start();
     let (a, _) = instance(redis.port).await;
     let (b, _) = instance(redis.port).await;
-    assert_eq!(a.acquire("vip", "a", TTL).await.unwrap(), Acquire::Taken);
+    assert_eq!(
+        a.acquire("vip", "a", TTL, 0).await.unwrap(),
+        taken(Previous::Lapsed)
+    );
     tokio::time::sleep(TTL + Duration::from_millis(100)).await;
-    assert_eq!(b.acquire("vip", "b", TTL).await.unwrap(), Acquire::Taken);
+    assert_eq!(
+        b.acquire("vip", "b", TTL, 0).await.unwrap(),
+        taken(Previous::Lapsed)
+    );
     assert_eq!(
         a.renew("vip", "a", TTL, 0).await.unwrap(),
         Renew::Lost,
@@ -88,10 +129,13 @@ async fn an_unrenewed_lease_expires_and_is_lost() {
 async fn an_unreachable_redis_is_an_error_not_a_hold() {
     let redis = RedisServer::start();
     let (a, _) = instance(redis.port).await;
-    assert_eq!(a.acquire("vip", "a", TTL).await.unwrap(), Acquire::Taken);
+    assert_eq!(
+        a.acquire("vip", "a", TTL, 0).await.unwrap(),
+        taken(Previous::Lapsed)
+    );
     drop(redis);
     assert!(a.renew("vip", "a", TTL, 0).await.is_err());
-    assert!(a.acquire("vip", "a", TTL).await.is_err());
+    assert!(a.acquire("vip", "a", TTL, 0).await.is_err());
 }
 
 /// A replica of `master`, once the master counts it online.
@@ -137,10 +181,10 @@ async fn a_lagging_replica_fails_renewals_not_the_store() {
     let limit = redis_config(master.port).command_timeout;
     assert_eq!(
         store
-            .acquire("vip", "a", Duration::from_secs(30))
+            .acquire("vip", "a", Duration::from_secs(30), 1)
             .await
             .unwrap(),
-        Acquire::Taken
+        taken(Previous::Lapsed)
     );
     assert_eq!(
         store
@@ -198,6 +242,13 @@ async fn a_lagging_replica_fails_renewals_not_the_store() {
         .await
         .expect("get");
     assert!(kept.is_some(), "the session written meanwhile is in Redis");
+
+    // Taking a lease no replica confirms does not count either.
+    let e = store
+        .acquire("vip2", "a", TTL, 1)
+        .await
+        .expect_err("unconfirmed take");
+    assert!(e.to_string().contains("acknowledged"), "{e}");
 
     // The replica back: renewals count again, on the same connection.
     replica.resume();
