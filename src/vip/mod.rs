@@ -16,13 +16,14 @@
 //!   rounded up to seconds, refreshed after each renewal, and a new leader
 //!   adds it only once the old copy must have run out (`lifetime`).
 //!
-//! Lease value: `"{token} {priority} {name}"`. The token is stable for one node
-//! and config (machine id, node name, config path): a `tether --upgrade`
-//! successor, or tether restarted by systemd, continues the node's lease
-//! instead of waiting it out; a restart that finds the address on its
-//! interface without holding the lease removes it first.
+//! Lease value: `"{token} {priority} {name}"`; the token is unique per node
+//! and stable for a `tether --upgrade` successor or a restart by systemd,
+//! which continue the node's lease instead of waiting it out (`holder`). A
+//! restart that finds the address on its interface without holding the lease
+//! removes it first.
 
 mod announce;
+mod holder;
 mod lifetime;
 mod netlink;
 mod run;
@@ -37,10 +38,11 @@ use crate::config;
 use crate::metrics::Metrics;
 use crate::store::lease::Leases;
 use crate::tls::AbortOnDrop;
+use holder::{Holder, Identity};
 pub use netlink::NetError;
 use netlink::Netlink;
+use state::Shared;
 pub use state::Status;
-use state::{Holder, Shared};
 
 /// The lease's name in the store.
 const LEASE: &str = "vip";
@@ -85,7 +87,7 @@ impl Vip {
         config_path: &std::path::Path,
     ) -> Result<Vip, VipError> {
         let net = Netlink::new()?;
-        let me = Holder::mine(&cfg, config_path);
+        let me = Holder::mine(&cfg, config_path, &Identity::current());
         let shared = Arc::new(Shared::new(cfg, me, metrics));
         let ifindex = net.ifindex(&shared.cfg.interface).await?;
         if net.has_address(ifindex, shared.cfg.address).await? {

@@ -13,9 +13,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::holder::Holder;
 use super::lifetime;
 use super::netlink::{NetError, Netlink};
-use super::state::{Holder, Shared};
+use super::state::Shared;
 use super::{announce, Cmd, ANNOUNCE_GAP, ANNOUNCE_REPEATS, LEASE};
 use crate::store::lease::{Acquire, Leases, Previous, Renew};
 

@@ -9,50 +9,10 @@ use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::holder::Holder;
 use crate::config;
 use crate::metrics::Metrics;
 use crate::store::now_ms;
-
-/// A lease value, `"{token} {priority} {name}"`.
-#[derive(Debug, Clone)]
-pub(super) struct Holder {
-    pub value: String,
-    pub priority: u32,
-    pub name: String,
-}
-
-impl Holder {
-    /// This node's value. The token is stable for one machine, node name and
-    /// config file, so a successor or a restart continues the same lease.
-    pub fn mine(cfg: &config::Vip, config_path: &std::path::Path) -> Holder {
-        let machine = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
-        let path = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf());
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in machine
-            .trim()
-            .bytes()
-            .chain(cfg.name.bytes())
-            .chain(path.to_string_lossy().bytes())
-        {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        Holder {
-            value: format!("{h:016x} {} {}", cfg.priority, cfg.name),
-            priority: cfg.priority,
-            name: cfg.name.clone(),
-        }
-    }
-
-    pub fn parse(value: &str) -> Option<Holder> {
-        let mut it = value.splitn(3, ' ');
-        let (_token, priority, name) = (it.next()?, it.next()?, it.next()?);
-        Some(Holder {
-            value: value.to_owned(),
-            priority: priority.parse().ok()?,
-            name: name.to_owned(),
-        })
-    }
-}
 
 /// `GET /api/vip`.
 #[derive(Debug, Clone, Serialize)]

@@ -46,6 +46,16 @@ async fn machine_death_of_the_leader_moves_the_vip_and_keeps_sessions() {
     .await;
 }
 
+/// The lease value's token (its first word) in the lab's Redis, if any.
+fn lease_token(redis: &Redis) -> Option<String> {
+    let reply = redis
+        .command(&["GET", "tether:lease:vip"])
+        .expect("GET the lease");
+    // `$<len>\r\n<value>\r\n`, or `$-1\r\n` when nobody holds it.
+    let value = reply.lines().nth(1)?;
+    value.split(' ').next().map(str::to_owned)
+}
+
 /// How the address moved, for failure messages.
 fn both_logs(a: &NodeTether, b: &NodeTether) -> String {
     format!(
@@ -175,6 +185,67 @@ async fn a_stopped_leader_loses_the_address_and_does_not_take_it_back() {
         assert_eq!(a.metric("tether_vip_leader").await, 0.0);
         assert!(a.log_text().contains("stepped down"), "{}", a.log_text());
         sessions.check("after node-a was continued").await;
+    })
+    .await;
+}
+
+/// Two nodes as alike as two clones of one image can be: the same config
+/// file (same path, same text, no `name:` so both use the one host name of
+/// the lab's kernel), the same machine id and kernel. They still hold
+/// different lease tokens: the second never leads next to the first, and
+/// takes over with its own token once the first dies. An upgrade of the
+/// leader still continues its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn look_alike_nodes_never_both_lead_and_an_upgrade_continues_the_lease() {
+    let lab = Lab::new();
+    bounded(async {
+        let (redis, backends) = infra(&lab);
+        // node-b reaches Redis at node-a's address for it, so one text serves both.
+        lab.route_redis("b", lab.redis_ip("a"));
+        let shared = lab.dir().join("proxy.yaml");
+        let yaml = format!(
+            "server: {{ upgrade_grace: 1s }}\n{}",
+            node_yaml(&lab, "a", &backends, "").replace(", name: node-a", "")
+        );
+        std::fs::write(&shared, yaml).expect("write the shared config");
+        let mut a = lab.tether_on("a", shared.clone());
+        a.wait_role("leader", LEASE + RENEW).await;
+        lab.wait_address("a", VIP, true, Duration::from_secs(1)).await;
+        let token_a = lease_token(&redis).expect("node-a's lease");
+        let watch = lab.watch_address(VIP, FINE_SAMPLE);
+        let b = lab.tether_on("b", shared.clone());
+        tokio::time::sleep(2 * LEASE).await;
+        assert_eq!(b.role().await, "standby", "{}", both_logs(&a, &b));
+        assert_eq!(lease_token(&redis).as_deref(), Some(token_a.as_str()));
+
+        // The leader upgraded: its successor continues its lease.
+        let a2 = tokio::task::block_in_place(|| lab.successor(&a));
+        let exited = tokio::task::block_in_place(|| a.wait_exit(Duration::from_secs(10)));
+        assert!(exited.is_some(), "the predecessor exits after its grace\n{}", a.log_text());
+        tokio::time::sleep(LEASE).await;
+        a2.wait_role("leader", Duration::from_millis(500)).await;
+        assert_eq!(b.role().await, "standby");
+        assert_eq!(lease_token(&redis).as_deref(), Some(token_a.as_str()), "the successor's token");
+        let upgraded = watch.start.elapsed();
+
+        // The leader dies: node-b takes over, under a token of its own.
+        let mut a2 = a2;
+        a2.kill9();
+        lab.wait_address("b", VIP, true, TAKEOVER + Duration::from_secs(1)).await;
+        b.wait_role("leader", Duration::from_millis(500)).await;
+        let token_b = lease_token(&redis).expect("node-b's lease");
+        assert_ne!(token_b, token_a, "both nodes have one token");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let samples = watch.stop();
+        let tl = samples.timeline();
+        assert_eq!(samples.both(), 0, "two owners: {tl}\n{}", both_logs(&a2, &b));
+        assert_eq!(
+            samples.first(Duration::ZERO, |s| s.b).map(|t| t > upgraded),
+            Some(true),
+            "node-b had the VIP before node-a's successor died: {tl}\n--- node-a (predecessor):\n{}\n{}",
+            a.log_text(),
+            both_logs(&a2, &b)
+        );
     })
     .await;
 }
