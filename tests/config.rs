@@ -938,3 +938,32 @@ fn vip_settings_parse_and_are_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn vip_min_replicas_defaults_to_one_with_sentinel_only() {
+    let vip = "vip: { address: 198.18.0.100/24, interface: eth0, name: node-a }";
+    let parse = |store: &str, vip: &str| {
+        config::parse(file(), &format!("{store}\n{vip}\n{BASE}"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .vip
+            .expect("vip")
+            .min_replicas
+    };
+    let plain = "store: { kind: redis }";
+    let sentinel =
+        "store: { kind: redis, redis: { sentinel: { master: m, nodes: [\"127.0.0.1:26379\"] } } }";
+    assert_eq!(parse(plain, vip), 0);
+    assert_eq!(parse(sentinel, vip), 1);
+    let two = "vip: { address: 198.18.0.100/24, interface: eth0, min_replicas: 2 }";
+    assert_eq!(parse(plain, two), 2);
+    let none = "vip: { address: 198.18.0.100/24, interface: eth0, min_replicas: 0 }";
+    assert_eq!(parse(sentinel, none), 0);
+    let e = errors(&format!(
+        "{plain}\nvip: {{ address: 198.18.0.100/24, interface: eth0, min_replicas: -1 }}\n{BASE}"
+    ))
+    .to_string();
+    assert!(
+        e.contains("test.yaml:2:") && e.contains("min_replicas"),
+        "{e}"
+    );
+}

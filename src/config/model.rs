@@ -46,6 +46,8 @@ pub struct Vip {
     pub preempt: bool,
     /// This node's name (shown as the holder).
     pub name: String,
+    /// Replicas a lease change must reach (`WAIT`), at most those connected.
+    pub min_replicas: u32,
 }
 
 impl Snapshot {

@@ -144,6 +144,7 @@ pub(crate) struct RawVip {
     pub priority: Option<u32>,
     pub preempt: Option<bool>,
     pub name: Option<Scalar>,
+    pub min_replicas: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -84,6 +84,9 @@ pub(crate) fn vip(
     if !matches!(store, Some(StoreKind::Redis(_)) | None) {
         r.err(path, "vip needs `store.kind: redis`: the lease that decides the leader lives in the shared store");
     }
+    // With Sentinel a failover promotes a replica: a renewal only it lacks
+    // would be forgotten. Without Sentinel nothing is promoted automatically.
+    let sentinel = matches!(store, Some(StoreKind::Redis(rc)) if rc.sentinel.is_some());
     let v = Vip {
         address: address?,
         interface,
@@ -92,6 +95,7 @@ pub(crate) fn vip(
         priority: raw.priority.unwrap_or(VIP_PRIORITY),
         preempt: raw.preempt.unwrap_or(false),
         name,
+        min_replicas: raw.min_replicas.unwrap_or(u32::from(sentinel)),
     };
     (!bad_if).then_some(v)
 }

@@ -176,9 +176,7 @@ async fn serve(path: PathBuf, snap: Snapshot, upgrade: bool) -> Result<(), RunEr
     };
     let store = open_store(&snap, &metrics).await?;
     let vip = match &snap.vip {
-        Some(cfg) => Some(Arc::new(
-            start_vip(cfg, &snap, &store, &metrics, &path).await?,
-        )),
+        Some(cfg) => Some(Arc::new(start_vip(cfg, &store, &metrics, &path).await?)),
         None => None,
     };
 
@@ -285,7 +283,6 @@ pub(crate) fn vip_ip(snap: &Snapshot) -> Option<std::net::IpAddr> {
 
 async fn start_vip(
     cfg: &crate::config::Vip,
-    snap: &Snapshot,
     store: &Arc<dyn Store>,
     metrics: &Metrics,
     path: &std::path::Path,
@@ -294,12 +291,7 @@ async fn start_vip(
         .clone()
         .leases()
         .ok_or(crate::vip::VipError::NoLeases)?;
-    // With Sentinel, a renewal counts once a replica has it (a failover keeps it).
-    let replicas = match &snap.store.kind {
-        StoreKind::Redis(r) if r.sentinel.is_some() => 1,
-        _ => 0,
-    };
-    Ok(crate::vip::Vip::start(cfg.clone(), leases, replicas, metrics, path).await?)
+    Ok(crate::vip::Vip::start(cfg.clone(), leases, metrics, path).await?)
 }
 
 /// Tell systemd (`Type=notify`), when it is listening; a failure is only logged.

@@ -15,10 +15,23 @@ use super::StoreError;
 /// What an attempt to take a lease found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Acquire {
-    /// Ours now (or still ours).
-    Taken,
+    /// Ours now; `previous` says how the hold before ours ended.
+    Taken { previous: Previous },
     /// Held by `holder` for another `left`.
     Held { holder: String, left: Duration },
+}
+
+/// How the hold before a [`Acquire::Taken`] ended: whether whatever its
+/// holder guarded (the VIP's address) may still be in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Previous {
+    /// It is our own hold, continued (same value: a restart or an upgrade).
+    Ours,
+    /// Its holder released it saying it had cleaned up (`release(.., clean: true)`).
+    Released,
+    /// It expired, was lost by the store, was released without cleaning up,
+    /// or there was none: nothing is known about its holder.
+    Lapsed,
 }
 
 /// What the holder learns when it renews.
@@ -32,12 +45,20 @@ pub enum Renew {
 
 #[async_trait]
 pub trait Leases: Send + Sync {
-    /// Take `name` for `ttl` unless someone else holds it.
-    async fn acquire(&self, name: &str, value: &str, ttl: Duration) -> Result<Acquire, StoreError>;
+    /// Take `name` for `ttl` unless someone else holds it. `replicas`: as for
+    /// [`Leases::renew`]; a take that no replica confirmed is an error.
+    async fn acquire(
+        &self,
+        name: &str,
+        value: &str,
+        ttl: Duration,
+        replicas: u32,
+    ) -> Result<Acquire, StoreError>;
 
     /// Extend our hold of `name` by `ttl`. `replicas`: the renewal counts only
-    /// once it reached that many replicas (Redis `WAIT`), so a failover of
-    /// the store cannot forget it.
+    /// once that many replicas have it (Redis `WAIT`; fewer if fewer are
+    /// connected), so a failover of the store cannot forget it; an
+    /// unconfirmed renewal is an error, like an unanswered one.
     async fn renew(
         &self,
         name: &str,
@@ -47,7 +68,9 @@ pub trait Leases: Send + Sync {
     ) -> Result<Renew, StoreError>;
 
     /// Give `name` up now (only if we hold it). True when it was ours.
-    async fn release(&self, name: &str, value: &str) -> Result<bool, StoreError>;
+    /// `clean`: nothing the lease guarded is in use any more, so the next
+    /// holder need not wait for it ([`Previous::Released`]).
+    async fn release(&self, name: &str, value: &str, clean: bool) -> Result<bool, StoreError>;
 
     /// Ask the holder of `name` to hand it over (preemption); the request
     /// lasts `ttl`.

@@ -67,7 +67,7 @@ fn announce_and_capture(
         a.block_on(|| async {
             let net = Netlink::new().expect("netlink");
             let idx = net.ifindex("va").await.expect("va");
-            net.add_address(idx, vip).await.expect("add");
+            net.set_address(idx, vip, 30).await.expect("add");
             announce("va", idx, vip.addr(), 2, Duration::from_millis(50))
                 .await
                 .expect("announce");

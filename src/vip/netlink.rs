@@ -4,8 +4,9 @@
 //! Data flow: `Netlink::new` opens a NETLINK_ROUTE socket in the calling
 //! thread's network namespace and spawns its connection task on the current
 //! tokio runtime; every call sends one request through the `rtnetlink::Handle`
-//! and reads the kernel's answer. Add and delete are idempotent, so the VIP
-//! task can repeat them after a crash or a lost answer without special cases.
+//! and reads the kernel's answer. Set (add or refresh, always with a finite
+//! lifetime) and delete are idempotent, so the VIP task can repeat them after
+//! a crash or a lost answer without special cases.
 //! The VIP is matched by its host address whatever the prefix length on the
 //! interface: a copy left with an older prefix is still this node's address.
 
@@ -13,7 +14,9 @@ use std::net::IpAddr;
 
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressHeaderFlags, AddressMessage, CacheInfo,
+};
 use rtnetlink::packet_route::link::LinkAttribute;
 use tokio::task::JoinHandle;
 
@@ -102,23 +105,37 @@ impl Netlink {
         }
     }
 
-    /// Puts `addr` (host address and prefix length) on the interface. Already
-    /// there is success. IPv6 skips duplicate address detection: the address
-    /// must serve at once, and the lease already says no one else has it.
-    pub async fn add_address(&self, ifindex: u32, addr: IpNet) -> Result<(), NetError> {
+    /// Puts `addr` (host address and prefix length) on the interface for
+    /// `lifetime` seconds (`valid_lft` = `preferred_lft`), or sets the
+    /// lifetime of the copy already there (`NLM_F_REPLACE`): the kernel
+    /// removes the address by itself once it runs out. IPv6 skips duplicate
+    /// address detection: the address must serve at once, and the lease
+    /// already says no one else has it.
+    pub async fn set_address(
+        &self,
+        ifindex: u32,
+        addr: IpNet,
+        lifetime: u32,
+    ) -> Result<(), NetError> {
         let mut req = self
             .handle
             .address()
-            .add(ifindex, addr.addr(), addr.prefix_len());
+            .add(ifindex, addr.addr(), addr.prefix_len())
+            .replace();
+        let msg = req.message_mut();
         if addr.addr().is_ipv6() {
-            req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+            msg.header.flags |= AddressHeaderFlags::Nodad;
         }
+        let mut cache = CacheInfo::default();
+        cache.ifa_valid = lifetime;
+        cache.ifa_preferred = lifetime;
+        msg.attributes.push(AddressAttribute::CacheInfo(cache));
         match req.execute().await {
             Ok(()) => Ok(()),
-            // IPv6 reports EEXIST for the same address with another prefix
-            // too; it is reachable all the same, so that counts as present.
-            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
-            Err(source) => Err(self.fail(ifindex, format!("adding {addr}"), source).await),
+            Err(source) => {
+                let what = format!("adding {addr} for {lifetime} s");
+                Err(self.fail(ifindex, what, source).await)
+            }
         }
     }
 

@@ -136,8 +136,10 @@ fn add_and_remove(vip: &str, family: &str) {
         let net = Netlink::new().expect("netlink");
         let idx = net.ifindex("t0").await.expect("t0");
         let before = net.has_address(idx, addr).await.expect("has");
-        net.add_address(idx, addr).await.expect("add");
-        net.add_address(idx, addr).await.expect("add again is Ok");
+        net.set_address(idx, addr, 30).await.expect("add");
+        net.set_address(idx, addr, 30)
+            .await
+            .expect("add again is Ok");
         let after = net.has_address(idx, addr).await.expect("has");
         (before, after)
     });
@@ -151,6 +153,15 @@ fn add_and_remove(vip: &str, family: &str) {
     assert!(
         !line.contains("tentative"),
         "{vip} is tentative (DAD not skipped): {line}"
+    );
+    let lft = shown
+        .lines()
+        .skip_while(|l| !l.contains(vip))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        lft.contains("valid_lft 30sec") || lft.contains("valid_lft 29sec"),
+        "{vip} has no finite lifetime:\n{shown}"
     );
 
     let still = ns.block_on(|| async {
@@ -231,7 +242,7 @@ fn errors_name_the_interface_and_address() {
     let addr: ipnet::IpNet = "198.18.0.100/24".parse().expect("vip");
     let err = ns.block_on(|| async {
         let net = Netlink::new().expect("netlink");
-        net.add_address(99_999, addr).await
+        net.set_address(99_999, addr, 2).await
     });
     let msg = err
         .expect_err("adding to a missing interface index")
@@ -245,4 +256,83 @@ fn errors_name_the_interface_and_address() {
 #[test]
 fn new_outside_a_runtime_is_an_error() {
     assert!(matches!(Netlink::new(), Err(NetError::Io { .. })));
+}
+
+/// `(valid_lft, preferred_lft)` of `vip` on t0 as `ip` shows them (`None`
+/// when the address is not there; `forever` is `u32::MAX`).
+fn lifetimes(ns: &NetNs, vip: &str) -> Option<(u32, u32)> {
+    let shown = ns.ip(&["addr", "show", "dev", "t0"]);
+    let line = shown
+        .lines()
+        .skip_while(|l| !l.contains(&format!(" {vip}/")))
+        .nth(1)?;
+    let secs = |key: &str| -> u32 {
+        let w = line
+            .split_whitespace()
+            .skip_while(|w| *w != key)
+            .nth(1)
+            .unwrap_or_else(|| panic!("no {key} in {line}"));
+        match w {
+            "forever" => u32::MAX,
+            w => w.trim_end_matches("sec").parse().expect("seconds"),
+        }
+    };
+    Some((secs("valid_lft"), secs("preferred_lft")))
+}
+
+/// A copy left without a lifetime (by hand, or by an older tether) gets one
+/// when set; a refresh (`NLM_F_REPLACE`) restarts it; unrefreshed, the
+/// kernel removes the address by itself within the lifetime plus a second.
+#[test]
+fn the_kernel_removes_an_address_whose_lifetime_ran_out() {
+    use std::time::{Duration, Instant};
+    let ns = with_veth();
+    // .101 first: the primary of the subnet, whose removal would take the
+    // secondaries with it (promote_secondaries is off by default).
+    ns.ip(&["addr", "add", "198.18.0.101/24", "dev", "t0"]);
+    ns.ip(&["addr", "add", "198.18.0.100/24", "dev", "t0"]);
+    assert_eq!(lifetimes(&ns, "198.18.0.100"), Some((u32::MAX, u32::MAX)));
+    let addr: ipnet::IpNet = "198.18.0.100/24".parse().expect("vip");
+    let (first, still, refreshed) = ns.block_on(|| async {
+        let net = Netlink::new().expect("netlink");
+        let idx = net.ifindex("t0").await.expect("t0");
+        net.set_address(idx, addr, 1).await.expect("set 1 s");
+        let first = lifetimes(&ns, "198.18.0.100");
+        // Refreshed before it runs out: it lives on past the first second.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        net.set_address(idx, addr, 1).await.expect("refresh");
+        let refreshed = Instant::now();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let still = net.has_address(idx, addr).await.expect("has");
+        (first, still, refreshed)
+    });
+    assert_eq!(
+        first,
+        Some((1, 1)),
+        "the manual copy did not get the lifetime"
+    );
+    assert!(
+        still,
+        "the refreshed address vanished before its new lifetime ran out"
+    );
+    loop {
+        let t = refreshed.elapsed();
+        if lifetimes(&ns, "198.18.0.100").is_none() {
+            assert!(
+                t >= Duration::from_millis(950),
+                "gone {t:?} after a 1 s refresh"
+            );
+            break;
+        }
+        assert!(
+            t < Duration::from_millis(1000 + 1000 + 200),
+            "still there {t:?} after a refresh to 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        lifetimes(&ns, "198.18.0.101"),
+        Some((u32::MAX, u32::MAX)),
+        "a neighbouring address went too"
+    );
 }

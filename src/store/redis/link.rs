@@ -1,7 +1,7 @@
 //! The connection to Redis and whether it is usable: every command of the store
-//! goes through [`Link::call`], which bounds it by `command_timeout`, records
-//! `store_operations_total` and `tether_store_op_seconds`, and marks the link
-//! down when Redis does not answer.
+//! but the leases' (`lease_link.rs`) goes through [`Link::call`], which bounds
+//! it by `command_timeout`, records `store_operations_total` and
+//! `tether_store_op_seconds`, and marks the link down when Redis does not answer.
 //!
 //! States: `Down` (no usable connection: the store works from its cache and
 //! queues writes), `Syncing` (connected again, replaying the queue: writes still
@@ -160,7 +160,8 @@ impl Link {
         Ok((client, manager))
     }
 
-    async fn client_for_master(&self) -> Result<Client, RedisError> {
+    /// A client for the master (asking the sentinels first, if configured).
+    pub(super) async fn client_for_master(&self) -> Result<Client, RedisError> {
         let redis = self.redis_info();
         let Some(sentinel) = &self.sentinel else {
             let info = addr(self.cfg.tls, &self.cfg.host, self.cfg.port).into_connection_info()?;

@@ -27,6 +27,7 @@
 mod cache;
 mod events;
 mod lease;
+mod lease_link;
 mod link;
 mod operator;
 mod ops;
@@ -66,6 +67,8 @@ const QUEUE_MAX: usize = 100_000;
 /// one [`Shared`]; the tasks hold it weakly and end with the store.
 pub struct RedisStore {
     shared: Arc<Shared>,
+    /// The leases' own connection (`lease_link.rs`).
+    lease_link: lease_link::LeaseLink,
 }
 
 pub(crate) struct Shared {
@@ -166,7 +169,10 @@ impl RedisStore {
             ),
         }
         tasks::spawn(&shared);
-        Ok(Arc::new(RedisStore { shared }))
+        Ok(Arc::new(RedisStore {
+            shared,
+            lease_link: lease_link::LeaseLink::new(),
+        }))
     }
 
     /// Whether commands currently go to Redis (`store_up`).

@@ -23,6 +23,13 @@ impl Lab {
         ip(&["-n", &self.ns("redis"), "link", "set", &peer, "down"]);
     }
 
+    /// Let node `who` reach Redis at `addr` (the other node's Redis address)
+    /// over its own link, so that both nodes can share one config text.
+    pub fn route_redis(&self, who: &str, addr: &str) {
+        let (ns, via) = (self.ns(who), self.redis_ip(who));
+        ip(&["-n", &ns, "route", "add", &format!("{addr}/32"), "via", via]);
+    }
+
     pub fn restore_redis(&self, who: &str) {
         let peer = format!("to-{}", node_letter(who));
         ip(&["-n", &self.ns("redis"), "link", "set", &peer, "up"]);

@@ -160,9 +160,15 @@ impl Lab {
     /// the same path every time for a node (so a restart is the same config).
     /// Put the admin API on `127.0.0.1:0`: it is reached from inside the node.
     pub fn tether(&self, who: &str, yaml: &str) -> NodeTether {
-        let h = host(who);
-        let config = self.dir.path().join(format!("{h}.yaml"));
+        let config = self.dir.path().join(format!("{}.yaml", host(who)));
         std::fs::write(&config, yaml).expect("write config");
+        self.tether_on(who, config)
+    }
+
+    /// tether in node `who`'s namespace on the config file `config`, as
+    /// written (two nodes may share one file: same path, same text).
+    pub fn tether_on(&self, who: &str, config: PathBuf) -> NodeTether {
+        let h = host(who);
         let cmd = self.command(who, env!("CARGO_BIN_EXE_tether"));
         let tether = Tether::spawn_cmd(tempfile::tempdir().expect("tempdir"), config, cmd, &[]);
         NodeTether {
@@ -430,5 +436,15 @@ impl NodeTether {
     /// SIGTERM (graceful shutdown).
     pub fn terminate(&self) {
         self.tether.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// SIGSTOP: frozen, its sockets and addresses left as they are.
+    pub fn freeze(&self) {
+        self.tether.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT after `freeze`.
+    pub fn thaw(&self) {
+        self.tether.signal(nix::sys::signal::Signal::SIGCONT);
     }
 }
