@@ -87,10 +87,15 @@ impl View {
     }
 
     /// The pool hash's choice for `key` over the eligible backends, honouring
-    /// bounded load and slow start.
-    pub(super) fn pick(&self, store: &dyn PoolStore, key: &str) -> Option<Arc<BackendRt>> {
+    /// slow start and, if `bounded`, bounded load.
+    pub(super) fn pick(
+        &self,
+        store: &dyn PoolStore,
+        key: &str,
+        bounded: bool,
+    ) -> Option<Arc<BackendRt>> {
         let h = hash_key(key.as_bytes());
-        let cap = self.cfg.bounded_load.map(|c| {
+        let cap = self.cfg.bounded_load.filter(|_| bounded).map(|c| {
             let n = self.backend_of.len() as f64;
             let total: u64 = self
                 .backend_of
