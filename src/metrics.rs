@@ -282,19 +282,24 @@ impl Metrics {
 impl Metrics {
     /// Mirror the counters a store keeps itself (read at each scrape): its
     /// provisional sessions as `provisional_sessions` and
-    /// `store_operations_total{op="provisional",result=created|confirmed|expired|evicted|unrecorded}`.
+    /// `store_operations_total{op="provisional",result=created|confirmed|expired|evicted|unrecorded}`,
+    /// and, for the embedded store, journal lines dropped by a writer that fell
+    /// behind as `store_operations_total{op="journal",result="dropped"}`.
     pub fn mirror_store(&self, kind: &str, st: &crate::store::StoreStats) {
         let p = &st.provisional;
         self.provisional_sessions
             .with_label_values(&[kind])
             .set(i64::try_from(p.sessions).unwrap_or(i64::MAX));
-        let counters = [
+        let mut counters = vec![
             ("provisional", "created", p.created),
             ("provisional", "confirmed", p.confirmed),
             ("provisional", "expired", p.expired),
             ("provisional", "evicted", p.evicted),
             ("provisional", "unrecorded", p.unrecorded),
         ];
+        if kind == "embedded" {
+            counters.push(("journal", "dropped", st.journal_dropped));
+        }
         for (op, result, n) in counters {
             let c = self.store_operations.with_label_values(&[kind, op, result]);
             c.inc_by(n.saturating_sub(c.get()));

@@ -32,7 +32,7 @@ use dashmap::DashMap;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::lru::Lru;
-use super::persist::{self, Journal, SnapshotSource, Visit};
+use super::persist::{self, Journal, SnapshotSource, Stall, Visit};
 use super::provisional::Provisional;
 use super::{now_ms, PoolStore, Store, StoreError, StoreStats};
 use crate::config::{Store as StoreConfig, StoreKind};
@@ -79,6 +79,15 @@ impl MemoryStore {
     }
 
     fn open_without_maintenance(cfg: &StoreConfig) -> Result<Arc<MemoryStore>, StoreError> {
+        Self::open_with(cfg, persist::JOURNAL_MAX, Stall::default())
+    }
+
+    /// `journal_max`: the journal queue's bound; `stall`: test pause points.
+    pub(crate) fn open_with(
+        cfg: &StoreConfig,
+        journal_max: usize,
+        stall: Stall,
+    ) -> Result<Arc<MemoryStore>, StoreError> {
         // Other store kinds are opened by their own modules.
         #[allow(irrefutable_let_patterns)]
         let StoreKind::Embedded { path } = &cfg.kind
@@ -95,10 +104,10 @@ impl MemoryStore {
             Some(secret) => secret,
             None => random_secret()?,
         };
-        let (journal, rx) = match path {
+        let (journal, inbox) = match path {
             Some(_) => {
-                let (journal, rx) = persist::channel();
-                (Some(journal), Some(rx))
+                let (journal, inbox) = persist::channel(journal_max, stall);
+                (Some(journal), Some(inbox))
             }
             None => (None, None),
         };
@@ -125,9 +134,9 @@ impl MemoryStore {
         if over > 0 {
             shared.evict(over, usize::MAX);
         }
-        if let (Some(path), Some(rx), Some(journal)) = (path, rx, &shared.journal) {
+        if let (Some(path), Some(inbox), Some(journal)) = (path, inbox, &shared.journal) {
             let source: Weak<dyn SnapshotSource> = Arc::downgrade(&shared) as _;
-            let thread = persist::start(PathBuf::from(path), loaded.gen + 1, rx, source)?;
+            let thread = persist::start(PathBuf::from(path), loaded.gen + 1, inbox, source)?;
             journal.attach(thread);
         }
         Ok(Arc::new(MemoryStore { shared }))
@@ -214,6 +223,7 @@ impl Store for MemoryStore {
             evictions: self.evictions(),
             expirations: self.expirations(),
             provisional: self.shared.prov.stats(),
+            journal_dropped: self.shared.journal.as_ref().map_or(0, |j| j.dropped()),
         }
     }
 }
@@ -265,15 +275,23 @@ impl SnapshotSource for Shared {
         self.total.load(Relaxed)
     }
 
+    /// Copies the entries first (pointer copies, each shard locked only while
+    /// they are copied), then visits them with no lock held: `f` writes to disk.
+    /// A change made after the copy is queued on the journal after the
+    /// compaction's request, so it reaches the new log; applying it on top of a
+    /// snapshot that may already show it gives the same result.
     fn each_session(&self, f: &mut Visit) -> io::Result<()> {
         for pool in self.pool_list() {
-            for item in pool.map.iter() {
-                let session = item.value().session();
+            let entries: Vec<(Arc<str>, Arc<Entry>)> = pool
+                .map
+                .iter()
+                .map(|item| (item.key().clone(), item.value().clone()))
+                .collect();
+            for (key, entry) in entries {
+                let session = entry.session();
                 // The snapshot carries this last_seen; no touch needed for it.
-                item.value()
-                    .persisted_seen
-                    .store(session.last_seen, Relaxed);
-                f(&pool.name, item.key(), &session)?;
+                entry.persisted_seen.store(session.last_seen, Relaxed);
+                f(&pool.name, &key, &session)?;
             }
         }
         Ok(())

@@ -257,6 +257,9 @@ pub struct StoreStats {
     pub expirations: u64,
     /// Provisional sessions (not counted in `sessions`, `evictions`, `expirations`).
     pub provisional: ProvisionalStats,
+    /// Journal lines dropped because the store's writer fell behind (embedded
+    /// store; the next compaction rewrites them from memory).
+    pub journal_dropped: u64,
 }
 
 /// Sessions of one pool.

@@ -28,6 +28,11 @@ impl MemoryStore {
         self.shared.clock.store(now_ms(), Relaxed);
     }
 
+    /// Journal lines waiting for the writer thread.
+    pub(crate) fn journal_queued(&self) -> usize {
+        self.shared.journal.as_ref().map_or(0, |j| j.queued())
+    }
+
     /// What the maintenance task does on a tick with work to do, now.
     pub(crate) fn upkeep(&self) {
         self.shared.upkeep(now_ms());

@@ -231,6 +231,7 @@ impl Store for RedisStore {
             evictions: self.shared.budget.evictions.load(Relaxed),
             expirations: self.shared.expirations.load(Relaxed),
             provisional: self.shared.budget.prov.stats(),
+            journal_dropped: 0,
         }
     }
 
