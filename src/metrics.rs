@@ -39,6 +39,8 @@ pub struct Metrics {
     pub store_op_seconds: HistogramVec,
     pub sessions_evicted: IntCounterVec,
     pub sessions_expired: IntCounterVec,
+    /// Provisional sessions (inserted cookies not back yet) now.
+    pub provisional_sessions: IntGaugeVec,
     pub bytes_total: IntCounterVec,
     pub notifications: IntCounterVec,
     pub no_backend: IntCounterVec,
@@ -208,6 +210,12 @@ impl Metrics {
                 "Idle sessions expired by session_ttl",
                 &["store"],
             ),
+            provisional_sessions: gauge(
+                &r,
+                "provisional_sessions",
+                "Sessions of inserted cookies that have not come back yet (memory only)",
+                &["store"],
+            ),
             bytes_total: counter(
                 &r,
                 "bytes_total",
@@ -268,6 +276,34 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+impl Metrics {
+    /// Mirror the counters a store keeps itself (read at each scrape): its
+    /// provisional sessions as `provisional_sessions` and
+    /// `store_operations_total{op="provisional",result=created|confirmed|expired|evicted|unrecorded}`,
+    /// and, for the embedded store, journal lines dropped by a writer that fell
+    /// behind as `store_operations_total{op="journal",result="dropped"}`.
+    pub fn mirror_store(&self, kind: &str, st: &crate::store::StoreStats) {
+        let p = &st.provisional;
+        self.provisional_sessions
+            .with_label_values(&[kind])
+            .set(i64::try_from(p.sessions).unwrap_or(i64::MAX));
+        let mut counters = vec![
+            ("provisional", "created", p.created),
+            ("provisional", "confirmed", p.confirmed),
+            ("provisional", "expired", p.expired),
+            ("provisional", "evicted", p.evicted),
+            ("provisional", "unrecorded", p.unrecorded),
+        ];
+        if kind == "embedded" {
+            counters.push(("journal", "dropped", st.journal_dropped));
+        }
+        for (op, result, n) in counters {
+            let c = self.store_operations.with_label_values(&[kind, op, result]);
+            c.inc_by(n.saturating_sub(c.get()));
+        }
     }
 }
 

@@ -22,12 +22,20 @@ fn persistent_config(b: &[whoami::Running]) -> String {
     )
 }
 
-/// `n` fresh cookie sessions: cookie -> backend.
+/// `n` fresh cookie sessions: cookie -> backend. Each cookie comes back once,
+/// which confirms its session (until then it is provisional: memory only).
 async fn sessions(t: &Tether, n: usize) -> HashMap<String, String> {
     let mut out = HashMap::new();
     for _ in 0..n {
-        let r = Client::new(t.addr("web")).get("/", &[]).await.unwrap();
-        out.insert(r.set_cookie("TETHER").unwrap(), backend_of(&r));
+        let mut c = Client::new(t.addr("web"));
+        let r = c.get("/", &[]).await.unwrap();
+        let cookie = r.set_cookie("TETHER").unwrap();
+        let back = c
+            .get("/", &[("Cookie", &format!("TETHER={cookie}"))])
+            .await
+            .unwrap();
+        assert_eq!(backend_of(&back), backend_of(&r));
+        out.insert(cookie, backend_of(&r));
     }
     out
 }

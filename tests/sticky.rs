@@ -342,3 +342,159 @@ async fn backend_cookies_are_kept_beside_ours() {
     assert!(r.set_cookie("TETHER").is_some());
     assert_eq!(r.set_cookie("app").as_deref(), Some("1"));
 }
+
+// --- provisional sessions (inserted cookies that have not come back) --------
+
+/// Lines of the embedded store's journal that record a session.
+fn journal_puts(db: &std::path::Path) -> usize {
+    let log = format!("{}.log", db.display());
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(r#""op":"put""#))
+        .count()
+}
+
+async fn admin_session(t: &Tether, id: &str) -> u16 {
+    Client::new(t.admin)
+        .get(&format!("/api/pools/app/sessions/{id}"), &[])
+        .await
+        .unwrap()
+        .status
+}
+
+async fn metric(t: &Tether, series: &str) -> Option<f64> {
+    let m = Client::new(t.admin)
+        .get("/metrics", &[])
+        .await
+        .unwrap()
+        .text();
+    m.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookieless_requests_write_nothing_until_their_cookie_comes_back() {
+    let b = backends(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("data").join("affinity.db");
+    let store = format!("store: {{ path: \"{}\" }}", db.display());
+    let t = Tether::start(&config(&b, COOKIE, "", "", &store));
+    // A health prober: never sends the cookie back.
+    let mut first = Vec::new();
+    for _ in 0..50 {
+        let r = Client::new(t.addr("web")).get("/", &[]).await.unwrap();
+        assert_eq!(r.status, 200);
+        first.push((r.set_cookie("TETHER").unwrap(), backend_of(&r)));
+    }
+    // The writer fsyncs within 500 ms: anything recorded would be on disk now.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        journal_puts(&db),
+        0,
+        "a journal line per cookieless request"
+    );
+    let gauge = "tether_provisional_sessions{store=\"embedded\"}";
+    assert_eq!(metric(&t, gauge).await, Some(50.0));
+    // One cookie comes back: same backend, confirmed, on disk.
+    let (cookie, owner) = &first[0];
+    let r = Client::new(t.addr("web"))
+        .get("/", &[("Cookie", &format!("TETHER={cookie}"))])
+        .await
+        .unwrap();
+    assert_eq!(&backend_of(&r), owner);
+    assert!(r.set_cookie("TETHER").is_none());
+    let start = std::time::Instant::now();
+    while journal_puts(&db) < 1 {
+        assert!(start.elapsed() < Duration::from_secs(5), "never journaled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(journal_puts(&db), 1);
+    assert_eq!(metric(&t, gauge).await, Some(49.0));
+    // It survives a crash and restart; the others were never stored.
+    drop(t);
+    let t = Tether::start(&config(&b, COOKIE, "", "", &store));
+    assert_eq!(admin_session(&t, &cookie[..22]).await, 200);
+    assert_eq!(admin_session(&t, &first[1].0[..22]).await, 404);
+    let r = Client::new(t.addr("web"))
+        .get("/", &[("Cookie", &format!("TETHER={cookie}"))])
+        .await
+        .unwrap();
+    assert_eq!(&backend_of(&r), owner);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_cookieless_requests_evicts_no_returning_session() {
+    let b = backends(4).await;
+    let t = Tether::start(&config(&b, COOKIE, "", "", "store: { max_sessions: 20 }"));
+    let addr = t.addr("web");
+    let mut kept = Vec::new();
+    for _ in 0..10 {
+        kept.push(cookie_session(addr, 3).await);
+    }
+    let mut flood = Vec::new();
+    for _ in 0..4 {
+        flood.push(tokio::spawn(async move {
+            let mut c = Client::new(addr);
+            for _ in 0..100 {
+                assert_eq!(c.get("/", &[]).await.unwrap().status, 200);
+            }
+        }));
+    }
+    for f in flood {
+        f.await.unwrap();
+    }
+    for (cookie, owner) in &kept {
+        assert_eq!(
+            admin_session(&t, &cookie[..22]).await,
+            200,
+            "{cookie} evicted"
+        );
+        let r = Client::new(addr)
+            .get("/", &[("Cookie", &format!("TETHER={cookie}"))])
+            .await
+            .unwrap();
+        assert_eq!(&backend_of(&r), owner);
+    }
+    let evicted =
+        "tether_store_operations_total{op=\"provisional\",result=\"evicted\",store=\"embedded\"}";
+    assert!(metric(&t, evicted).await.unwrap_or(0.0) >= 380.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisional_sessions_expire_but_not_under_an_open_request() {
+    let b = backends(2).await;
+    let t = Tether::start(&config(
+        &b,
+        COOKIE,
+        "",
+        "",
+        "store: { provisional_ttl: 1s }",
+    ));
+    let addr = t.addr("web");
+    // A long request without the cookie: its session is pinned while it runs.
+    let long =
+        tokio::spawn(async move { Client::new(addr).get("/delay/3500", &[]).await.unwrap() });
+    for _ in 0..5 {
+        Client::new(addr).get("/", &[]).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let gauge = "tether_provisional_sessions{store=\"embedded\"}";
+    assert_eq!(
+        metric(&t, gauge).await,
+        Some(1.0),
+        "only the open request's session is left"
+    );
+    let r = long.await.unwrap();
+    let cookie = r.set_cookie("TETHER").expect("cookie");
+    let back = Client::new(addr)
+        .get("/", &[("Cookie", &format!("TETHER={cookie}"))])
+        .await
+        .unwrap();
+    assert_eq!(backend_of(&back), backend_of(&r));
+    assert_eq!(admin_session(&t, &cookie[..22]).await, 200, "confirmed");
+    let expired =
+        "tether_store_operations_total{op=\"provisional\",result=\"expired\",store=\"embedded\"}";
+    assert_eq!(metric(&t, expired).await, Some(5.0));
+    assert_eq!(metric(&t, gauge).await, Some(0.0));
+}

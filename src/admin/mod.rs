@@ -269,6 +269,7 @@ impl AdminApp {
         ev.inc_by(st.evictions.saturating_sub(ev.get()));
         let ex = m.sessions_expired.with_label_values(&[kind]);
         ex.inc_by(st.expirations.saturating_sub(ex.get()));
+        m.mirror_store(kind, &st);
         let body = self.state.metrics.render();
         Response::builder()
             .status(StatusCode::OK)

@@ -105,6 +105,9 @@ pub struct Store {
     pub kind: StoreKind,
     pub session_ttl: Duration,
     pub max_sessions: usize,
+    /// How long an inserted cookie's session stays provisional (memory only)
+    /// waiting for the cookie to come back.
+    pub provisional_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]

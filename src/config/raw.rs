@@ -32,6 +32,9 @@ pub(crate) const MAX_THREADS: usize = 1024;
 pub(crate) const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
 /// `store.max_sessions`.
 pub(crate) const MAX_SESSIONS: usize = 1_000_000;
+/// `store.provisional_ttl`: an inserted cookie that has not come back by then
+/// was never kept (a prober, a client without cookies).
+pub(crate) const PROVISIONAL_TTL: Duration = Duration::from_secs(120);
 /// `store.redis.url`: a local Redis, database 0.
 pub(crate) const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 /// `store.redis.prefix`: every key and the pub/sub channel start with `tether:`.
@@ -176,13 +179,14 @@ pub(crate) struct RawServer {
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "the store settings (kind, path, session_ttl, max_sessions, redis)"
+    expecting = "the store settings (kind, path, session_ttl, max_sessions, provisional_ttl, redis)"
 )]
 pub(crate) struct RawStore {
     pub kind: Option<RawStoreKind>,
     pub path: Option<Scalar>,
     pub session_ttl: Option<Scalar>,
     pub max_sessions: Option<usize>,
+    pub provisional_ttl: Option<Scalar>,
     pub redis: Option<RawRedis>,
 }
 

@@ -123,6 +123,13 @@ pub(crate) fn store(r: &mut Report, path: &KeyPath, raw: RawStore) -> Store {
         SESSION_TTL,
         Zero::Rejected,
     );
+    let provisional_ttl = values::duration(
+        r,
+        &path.key("provisional_ttl"),
+        raw.provisional_ttl.as_ref(),
+        PROVISIONAL_TTL,
+        Zero::Rejected,
+    );
     let max_sessions = raw.max_sessions.unwrap_or(MAX_SESSIONS);
     if max_sessions == 0 {
         r.err(&path.key("max_sessions"), "max_sessions must be >= 1");
@@ -148,6 +155,7 @@ pub(crate) fn store(r: &mut Report, path: &KeyPath, raw: RawStore) -> Store {
         kind,
         session_ttl,
         max_sessions,
+        provisional_ttl,
     }
 }
 

@@ -273,6 +273,8 @@ async fn connect(
         if tried.len() > MAX_RETRIES {
             return None;
         }
-        b = pool.pick_alternative(key_hash, &tried)?.1;
+        b = pool
+            .pick_alternative(key_hash, &tried, l.bounded_picks())?
+            .1;
     }
 }

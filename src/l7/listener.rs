@@ -111,6 +111,13 @@ impl ListenerRt {
         }
     }
 
+    /// Do new sessions of this listener honour the pool's bounded load? Not
+    /// inserted cookies: their owner is the hash's alone, so any instance
+    /// that sees the cookie first makes the same pick.
+    pub fn bounded_picks(&self) -> bool {
+        !matches!(&self.cfg.affinity.key, config::Key::Cookie(c) if c.insert.is_some())
+    }
+
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|n| n.contains(&ip))
     }

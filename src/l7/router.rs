@@ -117,6 +117,8 @@ impl Router {
         let mut key: Option<&str> = None;
         // A store hit found while checking the cookie, reused as the decision.
         let mut early: Option<Decision> = None;
+        // Our own cookie came back (verified): its session gets confirmed.
+        let mut returned = false;
         let ipkey;
         match &l.cfg.affinity.key {
             Key::Cookie(c) => match (&c.insert, &l.signer) {
@@ -136,6 +138,7 @@ impl Router {
                         Some(v) => {
                             key = Some(v.id);
                             early = hit;
+                            returned = true;
                             if now.saturating_sub(v.issued) >= max_age / 2 {
                                 ctx.set_cookie = Some(signer.sign(v.id, now));
                             }
@@ -163,10 +166,12 @@ impl Router {
             Key::Sni | Key::Prefix(_) => {}
         }
         let new_id;
+        let mut minted = false;
         if let Some(v) = &ctx.set_cookie {
             if key.is_none() {
                 new_id = v[..22].to_owned();
                 key = Some(&new_id);
+                minted = true;
             }
         }
         let fallback_key;
@@ -191,7 +196,13 @@ impl Router {
         if let Some(d) = early {
             return self.apply(session, ctx, d).await;
         }
-        let decision = match l.pool.route(key).await {
+        // A minted cookie's session is provisional until the cookie comes back.
+        let routed = match (minted, returned) {
+            (true, _) => Ok(l.pool.route_new_cookie(key)),
+            (false, true) => l.pool.route_cookie(key).await,
+            (false, false) => l.pool.route(key).await,
+        };
+        let decision = match routed {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(pool = %l.pool.name, error = %e, "affinity store failed");
@@ -219,7 +230,12 @@ impl Router {
             .as_ref()
             .map(|v| hash_key(v.as_bytes()))
             .unwrap_or(0);
-        ctx.tried.len() <= MAX_RETRIES && ctx.l.pool.pick_alternative(h, &ctx.tried).is_some()
+        ctx.tried.len() <= MAX_RETRIES
+            && ctx
+                .l
+                .pool
+                .pick_alternative(h, &ctx.tried, ctx.l.bounded_picks())
+                .is_some()
     }
 
     /// Hand a WebSocket upgrade over to tether's own path (see `websocket`):
@@ -334,7 +350,8 @@ impl ProxyHttp for Router {
                 .as_ref()
                 .map(|v| hash_key(v.as_bytes()))
                 .unwrap_or_else(rand::random);
-            let Some((i, next)) = pool.pick_alternative(h, &ctx.tried) else {
+            let Some((i, next)) = pool.pick_alternative(h, &ctx.tried, ctx.l.bounded_picks())
+            else {
                 return Error::e_explain(
                     ErrorType::ConnectNoRoute,
                     "no other live backend to retry on",

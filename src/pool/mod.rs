@@ -7,12 +7,21 @@
 //! choice is recorded insert-if-absent, so racing proxies agree on one owner.
 //! A pin whose backend is gone from the config is re-pinned by compare-and-set.
 //!
+//! Inserted cookies take two other entries. `route_new_cookie` (a cookie id just
+//! minted) records a provisional session, memory only (`store/provisional.rs`);
+//! `route_cookie` (a verified cookie that came back) confirms it, or records a
+//! session this instance never saw. Both pick by the hash alone, without bounded
+//! load (its counts are this instance's own), so any instance that sees the
+//! cookie first makes the same pick without asking anyone.
+//!
 //! A `PoolRt` lives as long as its name stays in the config: everything that
 //! changes (its config, its backend list, the ring) sits in one [`View`]
 //! behind an `ArcSwap`, replaced whole by a health transition, a drain or a
 //! reload (`view.rs`), so a request sees one consistent view. Backends are
 //! carried from view to view by id with all their state.
 
+#[cfg(test)]
+mod tests;
 mod view;
 
 use std::collections::VecDeque;
@@ -200,13 +209,15 @@ impl PoolRt {
     /// Another live backend for a retry of one request or connection after
     /// the `tried` ones failed (no re-pin, rule 5): the one the re-pin will
     /// choose once they are marked down, so the client moves once.
+    /// `bounded`: as for the key's re-pin (not for inserted cookies).
     pub fn pick_alternative(
         &self,
         key_hash: u64,
         tried: &[Arc<BackendRt>],
+        bounded: bool,
     ) -> Option<(usize, Arc<BackendRt>)> {
         let v = self.view();
-        let b = v.pick_excluding(&*self.store, key_hash, tried)?;
+        let b = v.pick_excluding(&*self.store, key_hash, tried, bounded)?;
         Some((v.index_of(&b)?, b))
     }
 
@@ -237,10 +248,11 @@ impl PoolRt {
 
     /// The hot path: a cached owner that is still usable and has no move to
     /// announce. No I/O, no allocation, no lock beyond the store's shard read.
+    /// A provisional session is left to `route_cookie`, which confirms it.
     pub fn route_hit(&self, key: &str) -> Option<Decision> {
         let hit = self.store.lookup(key)?;
         let v = self.view();
-        if hit.moved.is_some() || wants_failback(&v, &hit).is_some() {
+        if hit.provisional || hit.moved.is_some() || wants_failback(&v, &hit).is_some() {
             return None;
         }
         let b = v.backend(&hit.backend).filter(|b| b.keeps_sessions())?;
@@ -250,20 +262,55 @@ impl PoolRt {
 
     /// Route a request carrying session key `key` (rules 2, 3, 4, 6).
     pub async fn route(&self, key: &str) -> Result<Decision, StoreError> {
+        self.route_as(key, true).await
+    }
+
+    /// Route a request whose tether cookie (verified, id `key`) came back: its
+    /// provisional session is confirmed; a session unknown here is placed by
+    /// the hash alone and recorded as confirmed.
+    pub async fn route_cookie(&self, key: &str) -> Result<Decision, StoreError> {
+        self.route_as(key, false).await
+    }
+
+    /// Route a request that was just given a new tether cookie with id `key`:
+    /// the hash alone picks, and the session stays provisional (in memory, no
+    /// I/O) until the cookie comes back.
+    pub fn route_new_cookie(&self, key: &str) -> Decision {
+        let v = self.view();
+        let Some(b) = v.pick(&*self.store, key, false) else {
+            return self.no_backend();
+        };
+        let hit = self.store.insert_provisional(key, b.id.clone());
+        self.lookups.new.inc();
+        // A fresh random id has no owner yet: `hit` is the pick.
+        let b = v
+            .backend(&hit.backend)
+            .filter(|o| o.keeps_sessions())
+            .cloned()
+            .unwrap_or(b);
+        self.decide(b, hit, None)
+    }
+
+    /// `bounded`: new sessions honour bounded load (not for inserted cookies).
+    async fn route_as(&self, key: &str, bounded: bool) -> Result<Decision, StoreError> {
         if let Some(d) = self.route_hit(key) {
             return Ok(d);
         }
         let v = self.view.load_full();
-        if let Some(hit) = self.store.lookup(key) {
+        let found = match self.store.lookup(key) {
+            Some(hit) if hit.provisional => self.store.confirm(key).await?,
+            other => other,
+        };
+        if let Some(hit) = found {
             if let Some(home) = wants_failback(&v, &hit) {
                 return self.relocate(key, hit, home, MoveReason::Failback).await;
             }
             if v.backend(&hit.backend).is_some_and(|b| b.keeps_sessions()) {
                 return self.follow(key).await;
             }
-            return self.repin(&v, key, hit).await;
+            return self.repin(&v, key, hit, bounded).await;
         }
-        let Some(b) = v.pick(&*self.store, key) else {
+        let Some(b) = v.pick(&*self.store, key, bounded) else {
             return Ok(self.no_backend());
         };
         let hit = self.store.insert_if_absent(key, b.id.clone()).await?;
@@ -271,7 +318,7 @@ impl PoolRt {
         match v.backend(&hit.backend).filter(|b| b.keeps_sessions()) {
             Some(b) => Ok(self.decide(b.clone(), hit, None)),
             // Another instance won the race with a backend we cannot use: move it.
-            None => self.repin(&v, key, hit).await,
+            None => self.repin(&v, key, hit, bounded).await,
         }
     }
 
@@ -312,8 +359,14 @@ impl PoolRt {
 
     /// The pinned backend is unusable: move the session to the hash's choice
     /// among live backends (rule 4).
-    async fn repin(&self, v: &View, key: &str, old: Hit) -> Result<Decision, StoreError> {
-        let Some(to) = v.pick(&*self.store, key) else {
+    async fn repin(
+        &self,
+        v: &View,
+        key: &str,
+        old: Hit,
+        bounded: bool,
+    ) -> Result<Decision, StoreError> {
+        let Some(to) = v.pick(&*self.store, key, bounded) else {
             return Ok(self.no_backend());
         };
         let reason = match v.backend(&old.backend) {

@@ -112,14 +112,15 @@ impl View {
     }
 
     /// The pool hash's choice for `key` over the eligible backends, honouring
-    /// bounded load and slow start.
-    pub(super) fn pick(&self, store: &dyn PoolStore, key: &str) -> Option<Arc<BackendRt>> {
-        self.pick_on(
-            &self.ring,
-            &self.backend_of,
-            store,
-            hash_key(key.as_bytes()),
-        )
+    /// slow start and, if `bounded`, bounded load.
+    pub(super) fn pick(
+        &self,
+        store: &dyn PoolStore,
+        key: &str,
+        bounded: bool,
+    ) -> Option<Arc<BackendRt>> {
+        let h = hash_key(key.as_bytes());
+        self.pick_on(&self.ring, &self.backend_of, store, h, bounded)
     }
 
     /// The choice for key hash `h` once the backends of `failed` are gone:
@@ -131,6 +132,7 @@ impl View {
         store: &dyn PoolStore,
         h: u64,
         failed: &[Arc<BackendRt>],
+        bounded: bool,
     ) -> Option<Arc<BackendRt>> {
         let on_ring: Vec<usize> = (0..self.backend_of.len())
             .filter(|&m| {
@@ -140,10 +142,10 @@ impl View {
             })
             .collect();
         let pick = match on_ring[..] {
-            [] => self.pick_on(&self.ring, &self.backend_of, store, h),
+            [] => self.pick_on(&self.ring, &self.backend_of, store, h, bounded),
             [m] => {
                 let w = self.without(m);
-                self.pick_on(&w.ring, &w.backend_of, store, h)
+                self.pick_on(&w.ring, &w.backend_of, store, h, bounded)
             }
             // Two or more failed at once: rare enough to walk the full ring.
             _ => {
@@ -165,8 +167,9 @@ impl View {
         backend_of: &[usize],
         store: &dyn PoolStore,
         h: u64,
+        bounded: bool,
     ) -> Option<Arc<BackendRt>> {
-        let cap = self.cfg.bounded_load.map(|c| {
+        let cap = self.cfg.bounded_load.filter(|_| bounded).map(|c| {
             let n = backend_of.len() as f64;
             let total: u64 = backend_of
                 .iter()

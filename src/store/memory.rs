@@ -5,17 +5,23 @@
 //! [`pool::PoolMap`] per pool and starts the writer thread and the maintenance task.
 //! The router holds [`MemPool`] handles (`pool.rs`): hits are a dashmap read; every
 //! ownership change is applied in memory and queued to the journal, which the
-//! writer thread appends to the log. The maintenance task (`sweep.rs`) keeps the
-//! coarse clock that hits stamp into `last_seen`, expires idle sessions and queues
-//! `last_seen` touches; inserts past `max_sessions` evict idle sessions (`sweep.rs`).
+//! writer thread appends to the log. Provisional sessions (`provisional.rs`) stay
+//! in memory and reach the journal only once confirmed. The maintenance task
+//! (`sweep.rs`) keeps the coarse clock that hits stamp into `last_seen`, expires
+//! idle and provisional sessions and queues `last_seen` touches; an insert past
+//! `max_sessions` evicts a provisional session, else the least recently used
+//! idle one, from queues without scanning (`lru.rs`, `sweep.rs`).
 
 #[cfg(test)]
 mod lifetime_tests;
 mod pool;
+#[cfg(test)]
+mod provisional_tests;
 mod sweep;
 #[cfg(test)]
 pub(crate) mod tests;
 
+use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -25,11 +31,13 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use ring::rand::{SecureRandom, SystemRandom};
 
-use super::persist::{self, Journal, SnapshotSource, Visit};
+use super::lru::Lru;
+use super::persist::{self, Journal, SnapshotSource, Stall, Visit};
+use super::provisional::Provisional;
 use super::{now_ms, PoolStore, Store, StoreError, StoreStats};
 use crate::config::{Store as StoreConfig, StoreKind};
 pub use pool::MemPool;
-use pool::PoolMap;
+use pool::{Entry, PoolMap};
 
 /// The embedded affinity store. Cheap to share: pool handles and the background
 /// work all point at one [`Shared`].
@@ -43,14 +51,15 @@ pub(crate) struct Shared {
     pools: DashMap<Arc<str>, Arc<PoolMap>>,
     ttl_ms: u64,
     max_sessions: usize,
-    /// Sessions of every pool, including slots reserved by inserts in flight.
+    /// Confirmed sessions of every pool, including slots reserved by inserts in flight.
     total: AtomicUsize,
     /// Coarse "now" (unix ms) stamped by hits, so a hit costs no clock read.
     clock: AtomicU64,
     evictions: AtomicU64,
     expirations: AtomicU64,
-    /// One evictor at a time; the others' inserts are covered by its batch.
-    evicting: AtomicBool,
+    /// Confirmed sessions in eviction order.
+    lru: Lru<PoolMap>,
+    prov: Arc<Provisional>,
     maintained: AtomicBool,
     secret: [u8; 32],
     /// Set when the store is persisted.
@@ -70,6 +79,15 @@ impl MemoryStore {
     }
 
     fn open_without_maintenance(cfg: &StoreConfig) -> Result<Arc<MemoryStore>, StoreError> {
+        Self::open_with(cfg, persist::JOURNAL_MAX, Stall::default())
+    }
+
+    /// `journal_max`: the journal queue's bound; `stall`: test pause points.
+    pub(crate) fn open_with(
+        cfg: &StoreConfig,
+        journal_max: usize,
+        stall: Stall,
+    ) -> Result<Arc<MemoryStore>, StoreError> {
         // Other store kinds are opened by their own modules.
         #[allow(irrefutable_let_patterns)]
         let StoreKind::Embedded { path } = &cfg.kind
@@ -86,10 +104,10 @@ impl MemoryStore {
             Some(secret) => secret,
             None => random_secret()?,
         };
-        let (journal, rx) = match path {
+        let (journal, inbox) = match path {
             Some(_) => {
-                let (journal, rx) = persist::channel();
-                (Some(journal), Some(rx))
+                let (journal, inbox) = persist::channel(journal_max, stall);
+                (Some(journal), Some(inbox))
             }
             None => (None, None),
         };
@@ -101,28 +119,24 @@ impl MemoryStore {
             clock: AtomicU64::new(now),
             evictions: AtomicU64::new(0),
             expirations: AtomicU64::new(0),
-            evicting: AtomicBool::new(false),
+            lru: Lru::default(),
+            prov: Provisional::new(cfg.provisional_ttl),
             maintained: AtomicBool::new(false),
             secret,
             journal,
         });
-        for (name, sessions) in loaded.pools {
-            let pool = shared.pool_map(&name);
-            for (key, session) in sessions {
-                pool.restore(&shared, key, &session);
-            }
-        }
+        shared.restore(loaded.pools);
         // A smaller max_sessions than last run: trim before serving.
         let over = shared
             .total
             .load(Relaxed)
             .saturating_sub(shared.max_sessions);
         if over > 0 {
-            shared.evict(over);
+            shared.evict(over, usize::MAX);
         }
-        if let (Some(path), Some(rx), Some(journal)) = (path, rx, &shared.journal) {
+        if let (Some(path), Some(inbox), Some(journal)) = (path, inbox, &shared.journal) {
             let source: Weak<dyn SnapshotSource> = Arc::downgrade(&shared) as _;
-            let thread = persist::start(PathBuf::from(path), loaded.gen + 1, rx, source)?;
+            let thread = persist::start(PathBuf::from(path), loaded.gen + 1, inbox, source)?;
             journal.attach(thread);
         }
         Ok(Arc::new(MemoryStore { shared }))
@@ -146,7 +160,7 @@ impl MemoryStore {
         self.shared.expirations.load(Relaxed)
     }
 
-    /// Sessions of every pool.
+    /// Confirmed sessions of every pool.
     pub fn len(&self) -> usize {
         self.shared.total.load(Relaxed)
     }
@@ -208,6 +222,8 @@ impl Store for MemoryStore {
             sessions: self.len() as u64,
             evictions: self.evictions(),
             expirations: self.expirations(),
+            provisional: self.shared.prov.stats(),
+            journal_dropped: self.shared.journal.as_ref().map_or(0, |j| j.dropped()),
         }
     }
 }
@@ -219,7 +235,29 @@ impl Shared {
         }
         let name: Arc<str> = name.into();
         let pool = self.pools.entry(name.clone());
-        pool.or_insert_with(|| Arc::new(PoolMap::new(name))).clone()
+        pool.or_insert_with(|| Arc::new(PoolMap::new(name, &self.prov)))
+            .clone()
+    }
+
+    /// Put the sessions read from disk in, queued for eviction least recently
+    /// seen first.
+    fn restore(&self, pools: HashMap<Arc<str>, HashMap<Box<str>, super::Session>>) {
+        // (last_seen, pool, key, entry) of each session put back.
+        type Restored = (u64, Arc<PoolMap>, Arc<str>, Arc<Entry>);
+        let mut queued: Vec<Restored> = Vec::new();
+        for (name, sessions) in pools {
+            let pool = self.pool_map(&name);
+            for (key, session) in sessions {
+                let key: Arc<str> = key.into();
+                if let Some(entry) = pool.restore(self, key.clone(), &session) {
+                    queued.push((session.last_seen, pool.clone(), key, entry));
+                }
+            }
+        }
+        queued.sort_unstable_by_key(|q| q.0);
+        for (_, pool, key, entry) in queued {
+            self.lru.push(&pool, key, &entry);
+        }
     }
 
     /// Every pool, cloned out so no pools-map lock is held while scanning them.
@@ -237,15 +275,23 @@ impl SnapshotSource for Shared {
         self.total.load(Relaxed)
     }
 
+    /// Copies the entries first (pointer copies, each shard locked only while
+    /// they are copied), then visits them with no lock held: `f` writes to disk.
+    /// A change made after the copy is queued on the journal after the
+    /// compaction's request, so it reaches the new log; applying it on top of a
+    /// snapshot that may already show it gives the same result.
     fn each_session(&self, f: &mut Visit) -> io::Result<()> {
         for pool in self.pool_list() {
-            for item in pool.map.iter() {
-                let session = item.value().session();
+            let entries: Vec<(Arc<str>, Arc<Entry>)> = pool
+                .map
+                .iter()
+                .map(|item| (item.key().clone(), item.value().clone()))
+                .collect();
+            for (key, entry) in entries {
+                let session = entry.session();
                 // The snapshot carries this last_seen; no touch needed for it.
-                item.value()
-                    .persisted_seen
-                    .store(session.last_seen, Relaxed);
-                f(&pool.name, item.key(), &session)?;
+                entry.persisted_seen.store(session.last_seen, Relaxed);
+                f(&pool.name, &key, &session)?;
             }
         }
         Ok(())

@@ -7,15 +7,19 @@
 //! shared store (Redis) can implement it with round trips. The embedded store
 //! (`memory`) keeps everything in a dashmap and optionally persists it to a file;
 //! the shared store (`redis`) keeps the records in Redis behind a local cache.
+//! Both keep the sessions of inserted cookies that have not come back yet in
+//! memory only, beside the others (`provisional`).
 
 pub mod lease;
 mod lru;
 pub mod memory;
 mod owner;
 mod persist;
+mod provisional;
 pub mod redis;
 
 pub use memory::MemoryStore;
+pub use provisional::ProvisionalStats;
 pub use redis::RedisStore;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -178,6 +182,9 @@ pub struct Hit {
     /// Where the session lived before a down/drain move (see [`Session::home`]).
     pub home: Option<Arc<str>>,
     pub meta: Arc<SessionMeta>,
+    /// An inserted cookie's session whose cookie has not come back yet
+    /// ([`PoolStore::insert_provisional`]).
+    pub provisional: bool,
 }
 
 /// A whole store: sessions of every pool, plus store-wide values (the cookie secret).
@@ -248,6 +255,11 @@ pub struct StoreStats {
     pub evictions: u64,
     /// Sessions dropped after `session_ttl` without traffic.
     pub expirations: u64,
+    /// Provisional sessions (not counted in `sessions`, `evictions`, `expirations`).
+    pub provisional: ProvisionalStats,
+    /// Journal lines dropped because the store's writer fell behind (embedded
+    /// store; the next compaction rewrites them from memory).
+    pub journal_dropped: u64,
 }
 
 /// Sessions of one pool.
@@ -263,6 +275,17 @@ pub trait PoolStore: Send + Sync + 'static {
     /// Record `key -> backend` unless the key already has an owner; either way
     /// return the owner that won (a racing instance may have won).
     async fn insert_if_absent(&self, key: &str, backend: Arc<str>) -> Result<Hit, StoreError>;
+
+    /// Record the session of a freshly inserted cookie, provisionally: in this
+    /// process's memory only, until [`Self::confirm`] (see `provisional.rs`).
+    /// Returns the key's owner (the one given, unless the key had one). No I/O.
+    fn insert_provisional(&self, key: &str, backend: Arc<str>) -> Hit;
+
+    /// The key's cookie came back: a provisional session becomes a confirmed
+    /// one, written like [`Self::insert_if_absent`] (an owner another instance
+    /// recorded first wins). Returns the owner now; `None` if the key has no
+    /// session here at all.
+    async fn confirm(&self, key: &str) -> Result<Option<Hit>, StoreError>;
 
     /// Replace the record only if its current owner is `expected`. Returns whether it did.
     async fn compare_and_set(
@@ -282,8 +305,11 @@ pub trait PoolStore: Send + Sync + 'static {
     /// Number of sessions owned by `backend` (bounded load, metrics, admin).
     fn sessions_of(&self, backend: &str) -> u64;
 
-    /// Total sessions of this pool.
+    /// Total sessions of this pool (provisional ones not included).
     fn len(&self) -> usize;
+
+    /// Provisional sessions of this pool.
+    fn provisional_len(&self) -> usize;
 
     fn is_empty(&self) -> bool {
         self.len() == 0

@@ -55,6 +55,7 @@ impl Owner {
             moved,
             home: self.home.clone(),
             meta: meta.clone(),
+            provisional: false,
         }
     }
 

@@ -2,8 +2,8 @@
 //!
 //! On disk a store at `PATH` is two files of JSON lines (one [`Line`] each):
 //! - `PATH` is the snapshot: a header, the cookie secret, then one `put` per session.
-//!   It is only ever replaced whole (written to `PATH.tmp`, fsynced, renamed), so it is
-//!   never torn.
+//!   It is only ever replaced whole (written to a fresh temporary file, fsynced,
+//!   renamed), so it is never torn.
 //! - `PATH.log` is the append-only log: a header, then `put`/`del`/`touch` lines in
 //!   the order the changes were made in memory. A crash can leave its last line torn.
 //!
@@ -13,13 +13,26 @@
 //! Every open compacts first (snapshot of what was loaded, empty log), so appends
 //! never follow a torn line and expired sessions leave the files.
 //!
+//! The files hold the cookie secret: a directory tether creates is 0700, every
+//! file 0600, and temporary files get unpredictable names and are opened with
+//! `O_CREAT | O_EXCL | O_NOFOLLOW`, so nothing planted in the directory is
+//! written through (`files.rs`).
+//!
 //! Data flows one way: the memory store queues each change on a [`Journal`] (a
 //! channel; no file I/O on the request path) while still holding the key's shard
 //! lock, so the log order matches the map order; the writer thread (`writer.rs`)
-//! appends, fsyncs at least twice a second and compacts from the live maps
-//! ([`SnapshotSource`]). `load.rs` replays snapshot + log at open.
+//! appends, fsyncs at least twice a second and compacts from a copy of the live
+//! maps ([`SnapshotSource`]). `load.rs` replays snapshot + log at open.
+//!
+//! The queue is bounded (`JOURNAL_MAX` lines) without ever blocking a sender:
+//! past the bound a line is dropped and counted, and the writer, seeing the
+//! loss, skips what is queued and compacts, which rewrites every session from
+//! memory (where each dropped change already is).
 
+mod files;
 mod load;
+#[cfg(test)]
+mod safety_tests;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -27,6 +40,7 @@ mod writer;
 use std::borrow::Cow;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::thread::JoinHandle;
 
@@ -40,6 +54,10 @@ pub(crate) use writer::start;
 
 const FORMAT: &str = "tether-affinity";
 const VERSION: u32 = 1;
+
+/// Journal lines queued for the writer, at most (some 10 to 30 MB). Past it,
+/// lines are dropped and the next compaction rewrites them from memory.
+pub(crate) const JOURNAL_MAX: usize = 100_000;
 
 /// One line of the snapshot or the log.
 #[derive(Debug, Serialize, Deserialize)]
@@ -95,16 +113,82 @@ pub(crate) enum Msg {
 pub(crate) struct Journal {
     tx: mpsc::Sender<Msg>,
     thread: OnceLock<JoinHandle<()>>,
+    link: Arc<Link>,
+    max: usize,
+    dropped: AtomicU64,
 }
 
-/// A new journal and the receiver to hand to [`start`] once the store exists.
-pub(crate) fn channel() -> (Journal, mpsc::Receiver<Msg>) {
+/// What the journal and the writer thread share.
+#[derive(Default)]
+pub(crate) struct Link {
+    /// Lines sent and not yet taken by the writer.
+    queued: AtomicUsize,
+    /// A line was dropped: the log misses a change until the next compaction.
+    lost: AtomicBool,
+}
+
+/// The writer's end of a journal: its messages and the shared counters.
+pub(crate) struct Inbox {
+    pub(crate) rx: mpsc::Receiver<Msg>,
+    pub(crate) link: Arc<Link>,
+    pub(crate) stall: Stall,
+}
+
+/// A new journal holding at most `max` lines, and the inbox to hand to
+/// [`start`] once the store exists.
+pub(crate) fn channel(max: usize, stall: Stall) -> (Journal, Inbox) {
     let (tx, rx) = mpsc::channel();
+    let link = Arc::new(Link::default());
     let journal = Journal {
         tx,
         thread: OnceLock::new(),
+        link: link.clone(),
+        max,
+        dropped: AtomicU64::new(0),
     };
-    (journal, rx)
+    (journal, Inbox { rx, link, stall })
+}
+
+impl Link {
+    /// The writer took a line off the queue.
+    pub(crate) fn taken(&self) {
+        self.queued.fetch_sub(1, Relaxed);
+    }
+
+    /// Whether lines were lost since the last call (which clears it).
+    pub(crate) fn take_lost(&self) -> bool {
+        self.lost.swap(false, Relaxed)
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.load(Relaxed)
+    }
+}
+
+/// Pause points of the writer thread for tests (a stalled disk); compiled to
+/// nothing outside tests.
+#[derive(Clone, Default)]
+pub(crate) struct Stall {
+    #[cfg(test)]
+    pub(crate) before_message: Option<Arc<safety_tests::Valve>>,
+    #[cfg(test)]
+    pub(crate) in_snapshot: Option<Arc<safety_tests::Valve>>,
+}
+
+impl Stall {
+    pub(crate) fn before_message(&self) {
+        #[cfg(test)]
+        if let Some(v) = &self.before_message {
+            v.pass();
+        }
+    }
+
+    pub(crate) fn in_snapshot(&self) {
+        #[cfg(test)]
+        if let Some(v) = &self.in_snapshot {
+            v.pass();
+        }
+    }
 }
 
 impl Journal {
@@ -114,9 +198,28 @@ impl Journal {
     }
 
     fn send(&self, line: Line<'static>) {
+        if self.link.queued.fetch_add(1, Relaxed) >= self.max {
+            self.link.queued.fetch_sub(1, Relaxed);
+            self.dropped.fetch_add(1, Relaxed);
+            self.link.lost.store(true, Relaxed);
+            return;
+        }
         // Fails only when the writer thread is gone (it panicked); the change is
         // still in memory and `flush` reports the writer as unavailable.
-        let _ = self.tx.send(Msg::Line(line));
+        if self.tx.send(Msg::Line(line)).is_err() {
+            self.link.queued.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Lines dropped since open because the queue was full.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
+    }
+
+    /// Lines waiting for the writer now.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.link.queued.load(Relaxed)
     }
 
     pub(crate) fn put(&self, pool: &Arc<str>, key: &str, session: Session) {

@@ -108,7 +108,7 @@ pub(super) async fn exchange(job: &Job) -> Result<Exchange, Failure> {
         if tried.len() > MAX_RETRIES {
             return Err(fail);
         }
-        b = match pool.pick_alternative(job.key_hash, &tried) {
+        b = match pool.pick_alternative(job.key_hash, &tried, job.l.bounded_picks()) {
             Some((_, next)) => next,
             None => return Err(fail),
         };

@@ -1,12 +1,15 @@
 //! One pool's sessions in the embedded store, and the [`PoolStore`] handle over them.
 //!
-//! A pool is a `DashMap<Box<str>, Arc<Entry>>` (looked up by `&str`, so a hit
-//! allocates nothing) plus exact per-backend counts. An [`Entry`] lives as long as
+//! A pool is a `DashMap<Arc<str>, Arc<Entry>>` (looked up by `&str`, so a hit
+//! allocates nothing; the key is shared with the eviction queue) plus exact
+//! per-backend counts, and beside it the pool's provisional sessions
+//! ([`ProvPool`]), which a lookup falls back to. An [`Entry`] lives as long as
 //! its key does: re-pins swap the [`Record`] inside it, so the live-connection
 //! counter and `last_seen` survive a move. Every change of a record, a count or the
 //! key set happens while holding the key's shard write lock, and the journal line
 //! is queued inside that same critical section; that keeps counts exact and the
-//! log in the same order as memory.
+//! log in the same order as memory. A new entry joins the eviction queue
+//! (`lru.rs`) after the lock is released.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -17,8 +20,10 @@ use dashmap::mapref::entry::Entry as Slot;
 use dashmap::DashMap;
 
 use super::Shared;
+use crate::store::lru::{Evict, Outcome};
 use crate::store::owner::Owner;
-use crate::store::{Hit, PoolStore, Session, SessionMeta, StoreError};
+use crate::store::provisional::{ProvPool, Provisional};
+use crate::store::{now_ms, Hit, PoolStore, Session, SessionMeta, StoreError};
 
 /// Who owns a key; replaced whole on every change.
 type Record = Owner;
@@ -33,12 +38,12 @@ pub(super) struct Entry {
 }
 
 impl Entry {
-    fn new(session: &Session) -> Entry {
+    fn new(session: &Session, meta: Arc<SessionMeta>) -> Entry {
         Entry {
             record: ArcSwap::from_pointee(Record::from(session)),
             last_seen: AtomicU64::new(session.last_seen),
             persisted_seen: AtomicU64::new(session.last_seen),
-            meta: Arc::new(SessionMeta::default()),
+            meta,
         }
     }
 
@@ -57,16 +62,18 @@ impl Entry {
 
 pub(super) struct PoolMap {
     pub(super) name: Arc<str>,
-    pub(super) map: DashMap<Box<str>, Arc<Entry>>,
+    pub(super) map: DashMap<Arc<str>, Arc<Entry>>,
     counts: DashMap<Arc<str>, AtomicU64>,
+    pub(super) prov: Arc<ProvPool>,
 }
 
 impl PoolMap {
-    pub(super) fn new(name: Arc<str>) -> PoolMap {
+    pub(super) fn new(name: Arc<str>, prov: &Arc<Provisional>) -> PoolMap {
         PoolMap {
             name,
             map: DashMap::new(),
             counts: DashMap::new(),
+            prov: ProvPool::new(prov),
         }
     }
 
@@ -84,13 +91,22 @@ impl PoolMap {
         };
     }
 
-    /// Put a session read from disk back, without journaling it again.
-    pub(super) fn restore(&self, shared: &Shared, key: Box<str>, session: &Session) {
-        if let Slot::Vacant(slot) = self.map.entry(key) {
-            self.count(&session.backend, true);
-            shared.total.fetch_add(1, Relaxed);
-            slot.insert(Arc::new(Entry::new(session)));
-        }
+    /// Put a session read from disk back, without journaling it again. Returns
+    /// the new entry, for the caller to queue for eviction.
+    pub(super) fn restore(
+        &self,
+        shared: &Shared,
+        key: Arc<str>,
+        session: &Session,
+    ) -> Option<Arc<Entry>> {
+        let Slot::Vacant(slot) = self.map.entry(key) else {
+            return None;
+        };
+        self.count(&session.backend, true);
+        shared.total.fetch_add(1, Relaxed);
+        let entry = Arc::new(Entry::new(session, Arc::default()));
+        slot.insert(entry.clone());
+        Some(entry)
     }
 
     /// Remove `key` if `cond` holds for its entry (checked under the shard lock).
@@ -117,6 +133,28 @@ impl PoolMap {
     }
 }
 
+impl Evict for PoolMap {
+    type Entry = Entry;
+    type Ctx = Shared;
+
+    fn state(e: &Entry) -> (u64, bool) {
+        (e.last_seen.load(Relaxed), e.is_idle())
+    }
+
+    fn evict(&self, shared: &Shared, key: &str, entry: &Arc<Entry>, stamp: u64) -> Outcome {
+        let unused = |e: &Entry| {
+            std::ptr::eq(e, &**entry) && e.is_idle() && e.last_seen.load(Relaxed) <= stamp
+        };
+        if self.remove_if(shared, key, unused) {
+            return Outcome::Evicted;
+        }
+        match self.map.get(key) {
+            Some(e) if Arc::ptr_eq(&e, entry) => Outcome::Kept,
+            _ => Outcome::Gone,
+        }
+    }
+}
+
 /// The router's handle on one pool of a [`super::MemoryStore`].
 pub struct MemPool {
     pub(super) shared: Arc<Shared>,
@@ -124,6 +162,48 @@ pub struct MemPool {
 }
 
 impl MemPool {
+    /// A confirmed session's owner, stamping `last_seen`.
+    fn hit(&self, key: &str) -> Option<Hit> {
+        let entry = self.pool.map.get(key)?;
+        let now = self.shared.clock.load(Relaxed);
+        // Skip the store when unchanged: hot keys then share the cache line read-only.
+        if entry.last_seen.load(Relaxed) < now {
+            entry.last_seen.fetch_max(now, Relaxed);
+        }
+        Some(entry.hit())
+    }
+
+    /// Insert `session` (with `meta`) unless `key` has a confirmed owner; returns
+    /// the owner. `discount`: sessions leaving the store with this insert (a
+    /// provisional one being confirmed), so room is not made for them twice.
+    fn insert(&self, key: &str, session: &Session, meta: Arc<SessionMeta>, discount: usize) -> Hit {
+        // Take the slot before inserting so that racing inserts cannot all slip
+        // under `max_sessions`; handed back below if another task wins the key.
+        self.shared.reserve(discount);
+        self.shared.clock.fetch_max(session.since, Relaxed);
+        let key: Arc<str> = key.into();
+        let (hit, added) = match self.pool.map.entry(key.clone()) {
+            Slot::Occupied(slot) => {
+                self.shared.total.fetch_sub(1, Relaxed);
+                let entry = slot.get();
+                entry.last_seen.fetch_max(session.last_seen, Relaxed);
+                (entry.hit(), None)
+            }
+            Slot::Vacant(slot) => {
+                let entry = Arc::new(Entry::new(session, meta));
+                self.pool.count(&entry.record.load().backend, true);
+                self.journal_put(&key, &entry);
+                let hit = entry.hit();
+                slot.insert(entry.clone());
+                (hit, Some(entry))
+            }
+        };
+        if let Some(entry) = added {
+            self.shared.lru.push(&self.pool, key, &entry);
+        }
+        hit
+    }
+
     fn journal_put(&self, key: &str, entry: &Entry) {
         if let Some(journal) = &self.shared.journal {
             let session = entry.session();
@@ -157,45 +237,44 @@ impl MemPool {
 #[async_trait]
 impl PoolStore for MemPool {
     fn lookup(&self, key: &str) -> Option<Hit> {
-        let entry = self.pool.map.get(key)?;
-        let now = self.shared.clock.load(Relaxed);
-        // Skip the store when unchanged: hot keys then share the cache line read-only.
-        if entry.last_seen.load(Relaxed) < now {
-            entry.last_seen.fetch_max(now, Relaxed);
-        }
-        Some(entry.hit())
+        self.hit(key).or_else(|| self.pool.prov.lookup(key))
     }
 
     async fn get(&self, key: &str) -> Result<Option<Session>, StoreError> {
-        Ok(self.pool.map.get(key).map(|e| e.session()))
+        if let Some(e) = self.pool.map.get(key) {
+            return Ok(Some(e.session()));
+        }
+        Ok(self.pool.prov.get(key).map(|p| p.session(p.since)))
     }
 
     async fn insert_if_absent(&self, key: &str, backend: Arc<str>) -> Result<Hit, StoreError> {
-        if let Some(hit) = self.lookup(key) {
+        if let Some(hit) = self.hit(key) {
             return Ok(hit);
         }
-        // Take the slot before inserting so that racing inserts cannot all slip
-        // under `max_sessions`; handed back below if another task wins the key.
-        self.shared.reserve();
-        let session = Session::new(backend);
-        self.shared.clock.fetch_max(session.since, Relaxed);
-        let hit = match self.pool.map.entry(key.into()) {
-            Slot::Occupied(slot) => {
-                self.shared.total.fetch_sub(1, Relaxed);
-                let entry = slot.get();
-                entry.last_seen.fetch_max(session.since, Relaxed);
-                entry.hit()
-            }
-            Slot::Vacant(slot) => {
-                let entry = Entry::new(&session);
-                self.pool.count(&entry.record.load().backend, true);
-                self.journal_put(key, &entry);
-                let hit = entry.hit();
-                slot.insert(Arc::new(entry));
-                hit
-            }
+        Ok(self.insert(key, &Session::new(backend), Arc::default(), 0))
+    }
+
+    fn insert_provisional(&self, key: &str, backend: Arc<str>) -> Hit {
+        if let Some(hit) = self.hit(key) {
+            return hit;
+        }
+        let confirmed = self.shared.total.load(Relaxed);
+        let room = self.shared.max_sessions.saturating_sub(confirmed);
+        self.pool.prov.insert(key, backend, now_ms(), room)
+    }
+
+    async fn confirm(&self, key: &str) -> Result<Option<Hit>, StoreError> {
+        if let Some(hit) = self.hit(key) {
+            return Ok(Some(hit));
+        }
+        let Some(p) = self.pool.prov.get(key) else {
+            return Ok(None);
         };
-        Ok(hit)
+        // In the confirmed map before it leaves the provisional one: a lookup
+        // meanwhile finds one or the other, never neither.
+        let hit = self.insert(key, &p.session(now_ms()), p.meta.clone(), 1);
+        self.pool.prov.confirmed(key, &p);
+        Ok(Some(hit))
     }
 
     async fn compare_and_set(
@@ -216,7 +295,8 @@ impl PoolStore for MemPool {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.pool.remove_if(&self.shared, key, |_| true))
+        let provisional = self.pool.prov.delete(key);
+        Ok(self.pool.remove_if(&self.shared, key, |_| true) || provisional)
     }
 
     fn sessions_of(&self, backend: &str) -> u64 {
@@ -225,5 +305,9 @@ impl PoolStore for MemPool {
 
     fn len(&self) -> usize {
         self.pool.map.len()
+    }
+
+    fn provisional_len(&self) -> usize {
+        self.pool.prov.len()
     }
 }

@@ -1,20 +1,28 @@
 //! Background upkeep of the embedded store: the coarse clock, idle expiry,
-//! `last_seen` persistence, and LRU eviction under `max_sessions`.
+//! `last_seen` persistence, provisional expiry, and eviction under `max_sessions`.
 //!
 //! The maintenance task holds only a `Weak` to the store and ends once it is
 //! gone. Every `CLOCK_TICK` it refreshes the clock that hits stamp into
-//! `last_seen`; every ttl/10 (bounded) it runs [`Shared::sweep`] on a blocking
-//! thread, since a pass visits every session. Eviction runs inline in the insert
-//! that overflows, and frees a batch (1% of `max_sessions`) so that the scan is
-//! paid once per many inserts.
+//! `last_seen` and, when there is work (O(1) to tell), runs [`Shared::upkeep`]
+//! on a blocking thread: provisional sessions that are due, room the inserts
+//! could not make. Every ttl/10 (bounded) it runs [`Shared::sweep`] there too,
+//! since a pass visits every session.
+//!
+//! Eviction runs inline in the insert that overflows, without a scan: a
+//! provisional session first, else the least recently used idle one, looking at
+//! `POPS` queue slots at most (`lru.rs`). So `max_sessions` holds exactly,
+//! except when those slots are all busy or recently used: then the store is over
+//! by the inserts of at most one tick (100 ms) until the upkeep, which looks
+//! further. Sessions with live connections are never evicted, so more of them
+//! than `max_sessions` keep the store above it.
 
-use crate::store::lru::Oldest;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Weak;
 use std::time::Duration;
 
 use super::Shared;
 use crate::store::now_ms;
+use crate::store::provisional::POPS;
 
 /// How stale the clock stamped into `last_seen` may get.
 const CLOCK_TICK: Duration = Duration::from_millis(100);
@@ -35,13 +43,23 @@ pub(super) async fn maintain(store: Weak<Shared>) {
         let Some(shared) = store.upgrade() else {
             return;
         };
-        shared.clock.store(now_ms(), Relaxed);
-        if tokio::time::Instant::now() >= next_sweep {
+        let now = now_ms();
+        shared.clock.store(now, Relaxed);
+        let sweep = tokio::time::Instant::now() >= next_sweep;
+        if sweep {
             next_sweep += every;
-            // A pass is O(sessions): keep it off the async workers.
-            let swept = tokio::task::spawn_blocking(move || shared.sweep()).await;
-            if let Err(e) = swept {
-                tracing::error!(error = %e, "store: sweep failed");
+        }
+        if sweep || shared.needs_upkeep(now) {
+            // A sweep is O(sessions), an upkeep O(work): off the async workers.
+            let done = tokio::task::spawn_blocking(move || {
+                if sweep {
+                    shared.sweep();
+                }
+                shared.upkeep(now);
+            })
+            .await;
+            if let Err(e) = done {
+                tracing::error!(error = %e, "store: maintenance failed");
             }
         }
     }
@@ -109,44 +127,56 @@ impl Shared {
         }
     }
 
-    /// Claim a slot for a new session, evicting first if the store is full.
-    pub(super) fn reserve(&self) {
-        let total = self.total.fetch_add(1, Relaxed) + 1;
-        if total <= self.max_sessions || self.evicting.swap(true, Acquire) {
-            return;
-        }
-        // Free the overflow plus a batch, so the next 1% of inserts need no scan.
-        let batch = (self.max_sessions / 100).max(1);
-        self.evict(total - self.max_sessions + batch - 1);
-        self.evicting.store(false, Release);
+    /// Sessions over `max_sessions`, provisional ones included.
+    fn over(&self) -> usize {
+        (self.total.load(Relaxed) + self.prov.len()).saturating_sub(self.max_sessions)
     }
 
-    /// Evict up to `want` idle sessions, least recently seen first, across all pools.
-    /// Sessions with live connections are never evicted, so the store can stay above
-    /// `max_sessions` while they are all busy. Returns how many were evicted.
-    pub(super) fn evict(&self, want: usize) -> usize {
-        if want == 0 {
-            return 0;
+    /// Whether [`Self::upkeep`] has anything to do (O(1)).
+    pub(super) fn needs_upkeep(&self, now: u64) -> bool {
+        self.prov.needs_upkeep(now)
+            || self.over() > 0
+            || self.lru.len() > 2 * self.total.load(Relaxed) + 1024
+    }
+
+    /// Expire due provisional sessions, make the room inserts could not, and
+    /// drop the eviction queue's dead slots once they outnumber the live ones.
+    pub(super) fn upkeep(&self, now: u64) {
+        self.prov.expire(now);
+        let over = self.over();
+        if over > 0 {
+            self.make_room(over, over.saturating_mul(16).saturating_add(1024));
         }
-        let pools = self.pool_list();
-        // Max-heap on last_seen holding the `want` oldest idle sessions seen so far;
-        // a key is copied only when it enters the heap.
-        let mut oldest = Oldest::new(want);
-        for (i, pool) in pools.iter().enumerate() {
-            for item in pool.map.iter() {
-                if item.value().is_idle() {
-                    oldest.offer(item.value().last_seen.load(Relaxed), i, item.key());
-                }
-            }
+        if self.lru.len() > 2 * self.total.load(Relaxed) + 1024 {
+            self.lru.compact();
         }
-        let mut evicted = 0;
-        for (seen, i, key) in oldest.into_vec() {
-            // Re-checked under the shard lock: used since the scan means not evicted.
-            let unused = |e: &super::pool::Entry| e.is_idle() && e.last_seen.load(Relaxed) <= seen;
-            if pools[i].remove_if(self, &key, unused) {
-                evicted += 1;
-            }
+    }
+
+    /// Claim a slot for a new confirmed session, evicting first if the store is
+    /// full. `discount`: sessions leaving with this insert.
+    pub(super) fn reserve(&self, discount: usize) {
+        let total = self.total.fetch_add(1, Relaxed) + 1;
+        let over = (total + self.prov.len()).saturating_sub(self.max_sessions + discount);
+        if over > 0 {
+            self.make_room(over, POPS);
         }
+    }
+
+    /// Evict `want` sessions: provisional ones first, then the least recently
+    /// used idle confirmed ones; `pops` bounds the queue slots looked at in each.
+    fn make_room(&self, want: usize, pops: usize) {
+        let freed = self.prov.evict(want, pops, now_ms());
+        if freed < want {
+            self.evict(want - freed, pops);
+        }
+    }
+
+    /// Evict up to `want` idle confirmed sessions, least recently used first,
+    /// across all pools. Sessions with live connections are never evicted, so
+    /// the store can stay above `max_sessions` while they are all busy. Returns
+    /// how many were evicted.
+    pub(super) fn evict(&self, want: usize, pops: usize) -> usize {
+        let evicted = self.lru.evict(self, want, pops);
         self.evictions.fetch_add(evicted as u64, Relaxed);
         evicted
     }

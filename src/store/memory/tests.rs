@@ -1,6 +1,7 @@
 //! Tests of the in-memory behaviour: races, compare-and-set, counts, pools.
-//! Expiry and eviction are tested in `lifetime_tests.rs`, persistence in
-//! `persist/tests.rs`; both use the helpers here.
+//! Expiry and eviction are tested in `lifetime_tests.rs`, provisional sessions
+//! in `provisional_tests.rs`, persistence in `persist/tests.rs`; they use the
+//! helpers here.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ pub(crate) fn config(ttl: Duration, max_sessions: usize, path: Option<PathBuf>) 
     StoreConfig {
         kind: StoreKind::Embedded { path },
         session_ttl: ttl,
+        provisional_ttl: Duration::from_secs(120),
         max_sessions,
     }
 }
@@ -24,6 +26,16 @@ impl MemoryStore {
     /// What the maintenance task's next tick would do to the clock hits stamp.
     pub(crate) fn refresh_clock(&self) {
         self.shared.clock.store(now_ms(), Relaxed);
+    }
+
+    /// Journal lines waiting for the writer thread.
+    pub(crate) fn journal_queued(&self) -> usize {
+        self.shared.journal.as_ref().map_or(0, |j| j.queued())
+    }
+
+    /// What the maintenance task does on a tick with work to do, now.
+    pub(crate) fn upkeep(&self) {
+        self.shared.upkeep(now_ms());
     }
 }
 

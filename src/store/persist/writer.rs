@@ -8,7 +8,12 @@
 //!
 //! After a write error it stops appending (a half-written line must not be followed
 //! by more) and retries a compaction, which rewrites everything from memory, until
-//! one succeeds.
+//! one succeeds. After the journal dropped lines (the queue was full) it skips
+//! what is queued, which memory already holds, and compacts.
+//!
+//! A compaction takes its copy of the sessions from the store quickly (no file
+//! I/O while the store's locks are held, see [`SnapshotSource::each_session`]),
+//! so requests never wait for the disk.
 //!
 //! Handover: a successor started with `--upgrade` opens the same path while this
 //! process drains, and rewrites both files. From then on our appends go to the
@@ -21,12 +26,13 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Weak;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{encode_secret, io_error, log_path, with_suffix, Line, Msg, SnapshotSource};
+use super::files;
+use super::{encode_secret, io_error, log_path, Inbox, Line, Link, Msg, SnapshotSource, Stall};
 use super::{FORMAT, VERSION};
 use crate::store::StoreError;
 
@@ -37,17 +43,19 @@ const SYNC_EVERY: Duration = Duration::from_millis(500);
 const COMPACT_MIN_LINES: u64 = 10_000;
 
 /// Write a fresh snapshot and log (generation `gen`) from `source`, then run the
-/// writer thread on `rx`. Fails if the files cannot be written.
+/// writer thread on `inbox`. Fails if the files cannot be written.
 pub(crate) fn start(
     path: PathBuf,
     gen: u64,
-    rx: Receiver<Msg>,
+    inbox: Inbox,
     source: Weak<dyn SnapshotSource>,
 ) -> Result<JoinHandle<()>, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        files::create_dir(dir).map_err(|e| io_error(dir, e))?;
     }
-    let (log, snapshot) = rewrite(&path, gen, &source)?;
+    files::remove_stale_temps(&path, &log_path(&path));
+    let Inbox { rx, link, stall } = inbox;
+    let (log, snapshot) = rewrite(&path, gen, &source, &stall)?;
     let writer = Writer {
         log: BufWriter::with_capacity(1 << 16, log),
         path,
@@ -58,6 +66,8 @@ pub(crate) fn start(
         broken: None,
         retired: false,
         source,
+        link,
+        stall,
     };
     std::thread::Builder::new()
         .name("tether-store".into())
@@ -80,18 +90,32 @@ struct Writer {
     /// Another process rewrote the files: write nothing more.
     retired: bool,
     source: Weak<dyn SnapshotSource>,
+    link: Arc<Link>,
+    stall: Stall,
 }
 
 impl Writer {
     fn run(mut self, rx: Receiver<Msg>) {
+        let mut next = None;
         loop {
+            self.stall.before_message();
+            if next.is_none() && self.link.is_lost() && !self.retired {
+                next = self.recover(&rx);
+            }
             let wait = match (self.dirty_since, self.broken) {
                 (Some(since), _) => SYNC_EVERY.saturating_sub(since.elapsed()),
                 (None, Some(retry)) => retry.saturating_duration_since(Instant::now()),
                 (None, None) => Duration::from_secs(1),
             };
-            match rx.recv_timeout(wait) {
-                Ok(Msg::Line(line)) => self.append(&line),
+            let msg = match next.take() {
+                Some(msg) => Ok(msg),
+                None => rx.recv_timeout(wait),
+            };
+            match msg {
+                Ok(Msg::Line(line)) => {
+                    self.link.taken();
+                    self.append(&line);
+                }
                 Ok(Msg::Flush(reply)) => {
                     let _ = reply.send(self.sync());
                 }
@@ -114,6 +138,33 @@ impl Writer {
             }
             self.housekeeping();
         }
+    }
+
+    /// The journal dropped lines, so the log misses changes: skip the lines
+    /// queued now (each describes a change memory already has) and compact.
+    /// Returns the first other message met, to be handled next in order.
+    fn recover(&mut self, rx: &Receiver<Msg>) -> Option<Msg> {
+        let mut next = None;
+        let mut skipped = 0u64;
+        loop {
+            match rx.try_recv() {
+                Ok(Msg::Line(_)) => {
+                    self.link.taken();
+                    skipped += 1;
+                }
+                Ok(msg) => {
+                    next = Some(msg);
+                    break;
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        tracing::warn!(path = %self.path.display(), skipped,
+            "store: journal lines were dropped (writer too slow); rewriting the snapshot from memory");
+        if let Err(e) = self.compact() {
+            tracing::error!(error = %e, "store: compaction failed");
+        }
+        next
     }
 
     /// Periodic work checked after every message: the fsync deadline, healing after
@@ -170,7 +221,12 @@ impl Writer {
         res.map_err(|e| {
             self.fail(&e);
             io_error(&log_path(&self.path), e)
-        })
+        })?;
+        // A dropped line is only in memory: only a compaction makes it durable.
+        if self.link.is_lost() {
+            return self.compact();
+        }
+        Ok(())
     }
 
     /// Snapshot generation `gen + 1` from memory, then an empty log of that generation.
@@ -179,7 +235,10 @@ impl Writer {
             return Ok(());
         }
         let gen = self.gen + 1;
-        match rewrite(&self.path, gen, &self.source) {
+        // Cleared before the copy is taken: a line dropped from now on may be
+        // missing from it, and sets the flag again.
+        self.link.take_lost();
+        match rewrite(&self.path, gen, &self.source, &self.stall) {
             Ok((log, snapshot)) => {
                 self.log = BufWriter::with_capacity(1 << 16, log);
                 self.gen = gen;
@@ -219,11 +278,12 @@ fn rewrite(
     path: &Path,
     gen: u64,
     source: &Weak<dyn SnapshotSource>,
+    stall: &Stall,
 ) -> Result<(File, (u64, u64)), StoreError> {
     let Some(source) = source.upgrade() else {
         return Err(StoreError::Unavailable("store is gone".into()));
     };
-    let snapshot = write_snapshot(path, gen, &*source).map_err(|(p, e)| io_error(&p, e))?;
+    let snapshot = write_snapshot(path, gen, &*source, stall).map_err(|(p, e)| io_error(&p, e))?;
     // Hold the store only while reading it: the writer must not keep it alive.
     drop(source);
     let log = fresh_log(path, gen).map_err(|e| io_error(&log_path(path), e))?;
@@ -243,20 +303,22 @@ fn header(gen: u64) -> Line<'static> {
     }
 }
 
-/// Replace the snapshot atomically: write `PATH.tmp`, fsync, rename, fsync the
-/// directory. Returns the snapshot's (device, inode).
+/// Replace the snapshot atomically: write a new temporary file, fsync, rename,
+/// fsync the directory. Returns the snapshot's (device, inode).
 fn write_snapshot(
     path: &Path,
     gen: u64,
     source: &dyn SnapshotSource,
+    stall: &Stall,
 ) -> Result<(u64, u64), (PathBuf, io::Error)> {
-    let tmp = with_suffix(path, ".tmp");
+    let (tmp, file) = files::create_temp(path).map_err(|e| (path.to_owned(), e))?;
     let write = || -> io::Result<(u64, u64)> {
-        let mut out = BufWriter::with_capacity(1 << 16, File::create(&tmp)?);
+        let mut out = BufWriter::with_capacity(1 << 16, file);
         write_line(&mut out, &header(gen))?;
         let secret = encode_secret(&source.secret());
         write_line(&mut out, &Line::Secret { secret })?;
         source.each_session(&mut |pool, key, session| {
+            stall.in_snapshot();
             let line = Line::Put {
                 pool: pool.clone(),
                 key: Cow::Borrowed(key),
@@ -269,8 +331,11 @@ fn write_snapshot(
         let meta = file.metadata()?;
         Ok((meta.dev(), meta.ino()))
     };
-    let id = write().map_err(|e| (tmp.clone(), e))?;
-    fs::rename(&tmp, path).map_err(|e| (path.to_owned(), e))?;
+    let placed = write().and_then(|id| fs::rename(&tmp, path).map(|()| id));
+    let id = placed.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        (tmp.clone(), e)
+    })?;
     sync_dir(path).map_err(|e| (path.to_owned(), e))?;
     Ok(id)
 }
@@ -278,11 +343,14 @@ fn write_snapshot(
 /// An empty log (just the header) of generation `gen`, swapped in atomically.
 fn fresh_log(path: &Path, gen: u64) -> io::Result<File> {
     let log = log_path(path);
-    let tmp = with_suffix(&log, ".tmp");
-    let mut file = File::create(&tmp)?;
-    write_line(&mut file, &header(gen))?;
-    file.sync_all()?;
-    fs::rename(&tmp, &log)?;
+    let (tmp, mut file) = files::create_temp(&log)?;
+    let placed = write_line(&mut file, &header(gen))
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&tmp, &log));
+    if let Err(e) = placed {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     sync_dir(&log)?;
     // The handle stays valid across the rename and is positioned after the header.
     Ok(file)

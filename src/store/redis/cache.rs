@@ -1,6 +1,6 @@
 //! This instance's cache of one pool's sessions: what `lookup` answers from.
 //!
-//! Like the embedded store's pool map (a `DashMap<Box<str>, Arc<Entry>>` read by
+//! Like the embedded store's pool map (a `DashMap<Arc<str>, Arc<Entry>>` read by
 //! `&str`, so a hit allocates nothing, plus exact per-backend counts), but every
 //! record carries the Redis version it came from. Records reach the cache from
 //! three places that can race: replies to this instance's own scripts, pub/sub
@@ -9,16 +9,25 @@
 //! order. A record changed while Redis was unreachable is marked `local`: Redis
 //! overrides it as soon as it answers (after the queued change was replayed).
 //! Counts and records change together under the key's shard write lock.
+//!
+//! The cache is bounded by `max_sessions` ([`Budget`], shared by every pool of
+//! the store, provisional sessions included): a new entry joins the eviction
+//! queue (`lru.rs`) and, past the bound, evicts a provisional session or the
+//! least recently used idle entry (from the cache only: Redis keeps it), without
+//! a scan. An entry whose change has not reached Redis (`local`) is never evicted.
+//! The pool's provisional sessions (`provisional.rs`) sit beside the cache.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
 
 use arc_swap::ArcSwap;
 use dashmap::mapref::entry::Entry as Slot;
 use dashmap::DashMap;
 
+use crate::store::lru::{Evict, Lru, Outcome};
 use crate::store::owner::Owner;
-use crate::store::{Hit, Session, SessionMeta};
+use crate::store::provisional::{ProvPool, Provisional, POPS};
+use crate::store::{now_ms, Hit, Session, SessionMeta};
 
 /// Who owns a key, with where that knowledge came from; replaced whole on every change.
 pub(super) struct Record {
@@ -65,12 +74,12 @@ pub(super) struct Entry {
 }
 
 impl Entry {
-    fn new(s: &Session, ver: u64, local: bool) -> Entry {
+    fn new(s: &Session, ver: u64, local: bool, meta: Arc<SessionMeta>) -> Entry {
         Entry {
             record: ArcSwap::from_pointee(Record::new(s, ver, local)),
             last_seen: AtomicU64::new(s.last_seen),
             pushed: AtomicU64::new(s.last_seen),
-            meta: Arc::new(SessionMeta::default()),
+            meta,
         }
     }
 
@@ -102,19 +111,125 @@ pub(super) enum Apply {
     Force,
 }
 
+/// The bound of one store's cache, shared by the caches of all its pools.
+pub(super) struct Budget {
+    max: usize,
+    /// Entries cached over every pool.
+    total: AtomicUsize,
+    lru: Lru<PoolCache>,
+    pub(super) prov: Arc<Provisional>,
+    pub(super) evictions: AtomicU64,
+}
+
+impl Budget {
+    pub(super) fn new(max: usize, prov: Arc<Provisional>) -> Budget {
+        Budget {
+            max,
+            total: AtomicUsize::new(0),
+            lru: Lru::default(),
+            prov,
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    /// Entries cached over every pool.
+    pub(super) fn total(&self) -> usize {
+        self.total.load(Relaxed)
+    }
+
+    /// How many provisional sessions fit beside the cached ones.
+    pub(super) fn room(&self) -> usize {
+        self.max.saturating_sub(self.total())
+    }
+
+    fn over(&self) -> usize {
+        (self.total() + self.prov.len()).saturating_sub(self.max)
+    }
+
+    /// Past the bound, evict provisional sessions first, then the least recently
+    /// used idle cache entries, looking at `pops` queue slots at most in each.
+    pub(super) fn make_room(&self, pops: usize) {
+        let want = self.over();
+        if want == 0 {
+            return;
+        }
+        let freed = self.prov.evict(want, pops, now_ms());
+        if freed < want {
+            let evicted = self.lru.evict(&(), want - freed, pops);
+            self.evictions.fetch_add(evicted as u64, Relaxed);
+        }
+    }
+
+    /// Background upkeep: due provisional sessions, room inserts could not make
+    /// (looking further than they do), dead queue slots.
+    pub(super) fn upkeep(&self, now: u64) {
+        self.prov.expire(now);
+        let over = self.over();
+        self.make_room(over.saturating_mul(16).saturating_add(1024));
+        if self.lru.len() > 2 * self.total() + 1024 {
+            self.lru.compact();
+        }
+    }
+
+    /// Whether [`Self::upkeep`] has anything to do (O(1)).
+    pub(super) fn needs_upkeep(&self, now: u64) -> bool {
+        self.prov.needs_upkeep(now) || self.over() > 0 || self.lru.len() > 2 * self.total() + 1024
+    }
+}
+
 pub(super) struct PoolCache {
     pub(super) name: Arc<str>,
-    pub(super) map: DashMap<Box<str>, Arc<Entry>>,
+    pub(super) map: DashMap<Arc<str>, Arc<Entry>>,
     counts: DashMap<Arc<str>, AtomicU64>,
+    budget: Arc<Budget>,
+    me: Weak<PoolCache>,
+    pub(super) prov: Arc<ProvPool>,
+}
+
+impl Evict for PoolCache {
+    type Entry = Entry;
+    type Ctx = ();
+
+    fn state(e: &Entry) -> (u64, bool) {
+        (e.last_seen.load(Relaxed), e.is_idle() && !e.record().local)
+    }
+
+    fn evict(&self, _: &(), key: &str, entry: &Arc<Entry>, stamp: u64) -> Outcome {
+        let unused = |e: &Entry| {
+            std::ptr::eq(e, &**entry)
+                && e.is_idle()
+                && !e.record().local
+                && e.last_seen.load(Relaxed) <= stamp
+        };
+        if self.remove_if(key, unused) {
+            return Outcome::Evicted;
+        }
+        match self.map.get(key) {
+            Some(e) if Arc::ptr_eq(&e, entry) => Outcome::Kept,
+            _ => Outcome::Gone,
+        }
+    }
 }
 
 impl PoolCache {
-    pub(super) fn new(name: Arc<str>) -> PoolCache {
-        PoolCache {
+    pub(super) fn new(name: Arc<str>, budget: &Arc<Budget>) -> Arc<PoolCache> {
+        Arc::new_cyclic(|me| PoolCache {
             name,
             map: DashMap::new(),
             counts: DashMap::new(),
+            budget: budget.clone(),
+            me: me.clone(),
+            prov: ProvPool::new(&budget.prov),
+        })
+    }
+
+    /// A new entry was added (call with no shard lock held): queue it for
+    /// eviction and keep the cache within its bound.
+    fn added(&self, key: Arc<str>, entry: &Arc<Entry>) {
+        if let Some(me) = self.me.upgrade() {
+            self.budget.lru.push(&me, key, entry);
         }
+        self.budget.make_room(POPS);
     }
 
     fn count(&self, backend: &Arc<str>, up: bool) {
@@ -155,19 +270,22 @@ impl PoolCache {
         if how == Apply::IfCached {
             return None;
         }
-        match self.map.entry(key.into()) {
+        let key: Arc<str> = key.into();
+        let hit = match self.map.entry(key.clone()) {
             Slot::Occupied(slot) => {
                 self.replace(slot.get(), ver, s, how);
-                Some(slot.get().hit())
+                return Some(slot.get().hit());
             }
             Slot::Vacant(slot) => {
-                let entry = Entry::new(s, ver, false);
+                let entry = Arc::new(Entry::new(s, ver, false, Arc::default()));
                 self.count(&s.backend, true);
-                let hit = entry.hit();
-                slot.insert(Arc::new(entry));
-                Some(hit)
+                self.budget.total.fetch_add(1, Relaxed);
+                slot.insert(entry.clone());
+                entry
             }
-        }
+        };
+        self.added(key, &hit);
+        Some(hit.hit())
     }
 
     /// Swap in `s` if it wins over the cached record; called under the shard lock.
@@ -185,19 +303,27 @@ impl PoolCache {
         entry.pushed.fetch_max(s.last_seen, Relaxed);
     }
 
-    /// Redis unreachable: record `s` for `key` unless it has an owner. Returns
-    /// the owner and whether `s` was recorded.
-    pub(super) fn insert_local(&self, key: &str, s: &Session) -> (Hit, bool) {
-        match self.map.entry(key.into()) {
-            Slot::Occupied(slot) => (slot.get().hit(), false),
+    /// Record `s` (with `meta`) for `key` unless it has an owner, as a change
+    /// Redis has not seen yet. Returns the owner and whether `s` was recorded.
+    pub(super) fn insert_local(
+        &self,
+        key: &str,
+        s: &Session,
+        meta: Arc<SessionMeta>,
+    ) -> (Hit, bool) {
+        let key: Arc<str> = key.into();
+        let entry = match self.map.entry(key.clone()) {
+            Slot::Occupied(slot) => return (slot.get().hit(), false),
             Slot::Vacant(slot) => {
-                let entry = Entry::new(s, 0, true);
+                let entry = Arc::new(Entry::new(s, 0, true, meta));
                 self.count(&s.backend, true);
-                let hit = entry.hit();
-                slot.insert(Arc::new(entry));
-                (hit, true)
+                self.budget.total.fetch_add(1, Relaxed);
+                slot.insert(entry.clone());
+                entry
             }
-        }
+        };
+        self.added(key, &entry);
+        (entry.hit(), true)
     }
 
     /// Redis unreachable: swap the record of `key` if `change` gives a new one.
@@ -234,6 +360,7 @@ impl PoolCache {
                 return false;
             }
             self.count(&entry.record.load().backend, false);
+            self.budget.total.fetch_sub(1, Relaxed);
             true
         });
         removed.is_some()

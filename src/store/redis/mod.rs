@@ -5,7 +5,10 @@
 //! the JSON session record and a TTL of `session_ttl`. Each instance keeps a
 //! local cache (`cache.rs`) that `lookup` answers from without any round trip;
 //! a miss makes the router call `insert_if_absent`, which adopts the owner Redis
-//! already has (lazy warm-up, no scan). Changes run as Lua scripts (`scripts.rs`)
+//! already has (lazy warm-up, no scan). Provisional sessions (inserted cookies
+//! that have not come back) stay beside the cache and never reach Redis; the
+//! cookie's return confirms one with the same insert-if-absent, so an instance
+//! that sees the cookie first (and picks by the same hash) agrees with it. Changes run as Lua scripts (`scripts.rs`)
 //! that also publish on `{prefix}:events`; the subscriber (`events.rs`) applies
 //! other instances' changes to this cache, and revalidates the cache after every
 //! (re)subscribe because messages were missed meanwhile (`sync.rs`).
@@ -49,10 +52,11 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use tokio::sync::{broadcast, watch, Notify};
 
-use self::cache::PoolCache;
+use self::cache::{Budget, PoolCache};
 use self::link::{Link, State};
 use self::scripts::Keys;
 use self::sync::Queue;
+use super::provisional::Provisional;
 use super::{now_ms, OperatorEvent, PoolStore, Store, StoreError, StoreStats};
 use crate::config::{Store as StoreConfig, StoreKind};
 use crate::metrics::Metrics;
@@ -77,7 +81,9 @@ pub(crate) struct Shared {
     /// Random id sent with every message, so this instance skips its own events.
     instance: String,
     ttl_ms: u64,
-    max_sessions: usize,
+    /// The cache's bound (`max_sessions`), its eviction queue, and the
+    /// provisional sessions of every pool.
+    budget: Arc<Budget>,
     pools: DashMap<Arc<str>, Arc<PoolCache>>,
     /// Coarse "now" (unix ms) stamped by hits, so a hit costs no clock read.
     clock: AtomicU64,
@@ -101,7 +107,6 @@ pub(crate) struct Shared {
     /// predate them).
     drains_in_flight: AtomicU64,
     events: broadcast::Sender<OperatorEvent>,
-    evictions: AtomicU64,
     expirations: AtomicU64,
     /// Dropped with the store (and its last pool handle): the tasks then end.
     stop: watch::Sender<bool>,
@@ -132,7 +137,10 @@ impl RedisStore {
             keys: Keys::new(&rc.prefix),
             instance: format!("{:016x}", rand::random::<u64>()),
             ttl_ms: u64::try_from(cfg.session_ttl.as_millis()).unwrap_or(u64::MAX),
-            max_sessions: cfg.max_sessions,
+            budget: Arc::new(Budget::new(
+                cfg.max_sessions,
+                Provisional::new(cfg.provisional_ttl),
+            )),
             pools: DashMap::new(),
             clock: AtomicU64::new(now_ms()),
             queue: Queue::new(queue_max),
@@ -146,7 +154,6 @@ impl RedisStore {
             drain_epoch: AtomicU64::new(0),
             drains_in_flight: AtomicU64::new(0),
             events: broadcast::channel(1024).0,
-            evictions: AtomicU64::new(0),
             expirations: AtomicU64::new(0),
             stop: watch::channel(false).0,
             link,
@@ -231,8 +238,10 @@ impl Store for RedisStore {
     fn stats(&self) -> StoreStats {
         StoreStats {
             sessions: self.cached() as u64,
-            evictions: self.shared.evictions.load(Relaxed),
+            evictions: self.shared.budget.evictions.load(Relaxed),
             expirations: self.shared.expirations.load(Relaxed),
+            provisional: self.shared.budget.prov.stats(),
+            journal_dropped: 0,
         }
     }
 
@@ -266,7 +275,7 @@ impl Shared {
         }
         let name: Arc<str> = name.into();
         let pool = self.pools.entry(name.clone());
-        pool.or_insert_with(|| Arc::new(PoolCache::new(name)))
+        pool.or_insert_with(|| PoolCache::new(name, &self.budget))
             .clone()
     }
 

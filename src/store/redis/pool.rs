@@ -8,6 +8,11 @@
 //! (`sync.rs`): the call returns at once, never with an error. Exactly-once
 //! `take_moved` and race-free re-pins hold across instances while Redis is up;
 //! during an outage each instance decides alone and Redis settles on replay.
+//!
+//! Provisional sessions never reach Redis: `insert_provisional` records one
+//! beside the cache; `confirm` moves it into the cache as a local change (its
+//! live connections carry over) and writes it insert-if-absent, adopting the
+//! owner Redis already has if another instance confirmed the cookie first.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -19,7 +24,7 @@ use super::cache::{Apply, PoolCache};
 use super::ops::{insert_op, Op};
 use super::scripts;
 use super::Shared;
-use crate::store::{Hit, PoolStore, Session, StoreError};
+use crate::store::{now_ms, Hit, PoolStore, Session, StoreError};
 
 pub struct RedisPool {
     pub(super) shared: Arc<Shared>,
@@ -52,7 +57,9 @@ impl RedisPool {
 #[async_trait]
 impl PoolStore for RedisPool {
     fn lookup(&self, key: &str) -> Option<Hit> {
-        self.cache.lookup(key, self.shared.clock.load(Relaxed))
+        self.cache
+            .lookup(key, self.shared.clock.load(Relaxed))
+            .or_else(|| self.cache.prov.lookup(key))
     }
 
     /// Reads through to Redis (the admin API must show what every instance
@@ -84,16 +91,18 @@ impl PoolStore for RedisPool {
                 }
                 Ok(None) => {
                     self.cache.remove_if(key, |e| !e.record().local);
-                    return Ok(None);
+                    return Ok(self.provisional(key));
                 }
                 Err(_) => {}
             }
         }
-        Ok(cached.map(|e| e.session()))
+        Ok(cached
+            .map(|e| e.session())
+            .or_else(|| self.provisional(key)))
     }
 
     async fn insert_if_absent(&self, key: &str, backend: Arc<str>) -> Result<Hit, StoreError> {
-        if let Some(hit) = self.lookup(key) {
+        if let Some(hit) = self.cache.lookup(key, self.shared.clock.load(Relaxed)) {
             return Ok(hit);
         }
         let session = Session::new(backend);
@@ -103,11 +112,44 @@ impl PoolStore for RedisPool {
             return Ok(hit);
         }
         // Pinned by this instance's hash now, written (insert-if-absent) later.
-        let (hit, inserted) = self.cache.insert_local(key, &session);
+        let (hit, inserted) = self.cache.insert_local(key, &session, Arc::default());
         if inserted {
             self.shared.enqueue(op);
         }
         Ok(hit)
+    }
+
+    fn insert_provisional(&self, key: &str, backend: Arc<str>) -> Hit {
+        if let Some(hit) = self.cache.lookup(key, self.shared.clock.load(Relaxed)) {
+            return hit;
+        }
+        let room = self.shared.budget.room();
+        self.cache.prov.insert(key, backend, now_ms(), room)
+    }
+
+    async fn confirm(&self, key: &str) -> Result<Option<Hit>, StoreError> {
+        if let Some(hit) = self.cache.lookup(key, self.shared.clock.load(Relaxed)) {
+            return Ok(Some(hit));
+        }
+        let Some(p) = self.cache.prov.get(key) else {
+            return Ok(None);
+        };
+        let session = p.session(now_ms());
+        self.shared.clock.fetch_max(session.last_seen, Relaxed);
+        // Cached (local, with the provisional meta) before it leaves the
+        // provisional map, so a lookup meanwhile finds one or the other.
+        let (hit, inserted) = self.cache.insert_local(key, &session, p.meta.clone());
+        self.cache.prov.confirmed(key, &p);
+        if !inserted {
+            return Ok(Some(hit));
+        }
+        let op = insert_op(&self.cache.name, key, &session);
+        // Redis's answer replaces the local record (and is the owner that won).
+        if let Some((_, Some(hit))) = self.direct("insert", &op).await {
+            return Ok(Some(hit));
+        }
+        self.shared.enqueue(op);
+        Ok(Some(hit))
     }
 
     async fn compare_and_set(
@@ -155,15 +197,16 @@ impl PoolStore for RedisPool {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let provisional = self.cache.prov.delete(key);
         let (pool, k) = self.key(key);
         let op = Op::Delete { pool, key: k };
         if let Some((existed, _)) = self.direct("delete", &op).await {
-            return Ok(existed);
+            return Ok(existed || provisional);
         }
         let existed = self.cache.remove_if(key, |_| true);
         // Redis may hold the key even if this cache does not.
         self.shared.enqueue(op);
-        Ok(existed)
+        Ok(existed || provisional)
     }
 
     /// This instance's view: sessions of `backend` in its cache.
@@ -174,5 +217,16 @@ impl PoolStore for RedisPool {
     /// This instance's view: sessions of the pool in its cache.
     fn len(&self) -> usize {
         self.cache.len()
+    }
+
+    fn provisional_len(&self) -> usize {
+        self.cache.prov.len()
+    }
+}
+
+impl RedisPool {
+    /// The provisional session of `key`, as a record (admin API).
+    fn provisional(&self, key: &str) -> Option<Session> {
+        self.cache.prov.get(key).map(|p| p.session(p.since))
     }
 }

@@ -4,14 +4,12 @@
 //! One pass (every `session_ttl`/10, see `tasks.rs`) scans the cache on a
 //! blocking thread: sessions with live connections count as seen now (they are
 //! never idle); idle ones unseen for `session_ttl` leave the cache (Redis expires
-//! them by itself); when the cache holds more than `max_sessions`, the least
-//! recently seen idle ones are evicted from the cache (not from Redis: they warm
-//! up again on use). Sessions whose `last_seen` moved by `session_ttl`/10 since
+//! them by itself). (Eviction under `max_sessions` needs no scan: `cache.rs`.)
+//! Sessions whose `last_seen` moved by `session_ttl`/10 since
 //! their last refresh are then refreshed in Redis with pipelined `TOUCH` scripts,
 //! so a busy session costs at most one Redis write per tenth of its TTL. A touch
 //! also returns the current record, which heals a cache that missed a message.
 
-use crate::store::lru::Oldest;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -24,7 +22,7 @@ const BATCH: usize = 256;
 
 /// A session to refresh: its cache, key, the `last_seen` to write and the
 /// version it had when scanned.
-type Touch = (Arc<PoolCache>, Box<str>, u64, u64);
+type Touch = (Arc<PoolCache>, Arc<str>, u64, u64);
 
 pub(super) async fn sweep(shared: &Arc<Shared>) {
     let scan = {
@@ -50,7 +48,7 @@ pub(super) async fn sweep(shared: &Arc<Shared>) {
 }
 
 impl Shared {
-    /// Expire, evict, and list what needs a refresh.
+    /// Expire, and list what needs a refresh.
     fn scan(&self) -> Vec<Touch> {
         let now = now_ms();
         self.clock.fetch_max(now, Relaxed);
@@ -58,7 +56,6 @@ impl Shared {
         let step = (self.ttl_ms / 10).max(1);
         let mut touches = Vec::new();
         let mut expired = 0;
-        let mut total = 0;
         for cache in self.pool_list() {
             let mut idle = Vec::new();
             for item in cache.map.iter() {
@@ -84,38 +81,9 @@ impl Shared {
                     expired += 1;
                 }
             }
-            total += cache.len();
         }
         self.expirations.fetch_add(expired, Relaxed);
-        if total > self.max_sessions {
-            // Past the bound, free a batch (1%) so the next passes need not.
-            let batch = (self.max_sessions / 100).max(1);
-            self.evict(total - self.max_sessions + batch - 1);
-        }
         touches
-    }
-
-    /// Drop up to `want` idle entries from the cache, least recently seen first.
-    fn evict(&self, want: usize) {
-        let caches = self.pool_list();
-        let mut oldest = Oldest::new(want);
-        for (i, cache) in caches.iter().enumerate() {
-            for item in cache.map.iter() {
-                if item.value().is_idle() {
-                    oldest.offer(item.value().last_seen.load(Relaxed), i, item.key());
-                }
-            }
-        }
-        let mut evicted = 0;
-        for (seen, i, key) in oldest.into_vec() {
-            let unused = |e: &super::cache::Entry| {
-                e.is_idle() && !e.record().local && e.last_seen.load(Relaxed) <= seen
-            };
-            if caches[i].remove_if(&key, unused) {
-                evicted += 1;
-            }
-        }
-        self.evictions.fetch_add(evicted, Relaxed);
     }
 
     /// Refresh one batch; returns false if Redis did not answer.

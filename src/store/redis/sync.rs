@@ -204,7 +204,7 @@ async fn revalidate(shared: &Arc<Shared>, write_back: bool) -> bool {
         shared.write_back_secret().await;
     }
     for cache in shared.pool_list() {
-        let keys: Vec<Box<str>> = cache.map.iter().map(|e| e.key().clone()).collect();
+        let keys: Vec<Arc<str>> = cache.map.iter().map(|e| e.key().clone()).collect();
         for chunk in keys.chunks(BATCH) {
             if !revalidate_batch(shared, &cache, chunk, write_back).await {
                 return false;
@@ -218,7 +218,7 @@ async fn revalidate(shared: &Arc<Shared>, write_back: bool) -> bool {
 async fn revalidate_batch(
     shared: &Shared,
     cache: &PoolCache,
-    keys: &[Box<str>],
+    keys: &[Arc<str>],
     write_back: bool,
 ) -> bool {
     let mut pipe = redis::pipe();
@@ -231,7 +231,7 @@ async fn revalidate_batch(
         if write_back {
             let op = Op::Insert {
                 pool: cache.name.clone(),
-                key: key.clone(),
+                key: (**key).into(),
                 record: scripts::record_json(&entry.session()),
             };
             pipe.invoke_script(&shared.invocation(&op));

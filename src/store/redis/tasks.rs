@@ -6,8 +6,10 @@
 //!   by `connect_timeout`) and replays the queue (`sync.rs`); while Up, pings
 //!   every second so that an idle instance notices an outage too, and sends
 //!   writes queued by calls that raced with the reconnect.
-//! - `maintain`: the coarse clock hits stamp (every 100 ms) and, every
-//!   `session_ttl`/10 (100 ms..30 s), the cache sweep of `refresh.rs`.
+//! - `maintain`: the coarse clock hits stamp (every 100 ms), the cache's bound
+//!   and provisional expiry when they have work (`cache.rs`, on a blocking
+//!   thread), and, every `session_ttl`/10 (100 ms..30 s), the cache sweep of
+//!   `refresh.rs`.
 //! - the subscriber of `events.rs`.
 
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
@@ -104,7 +106,14 @@ async fn maintain(weak: Weak<Shared>, mut stop: watch::Receiver<bool>) {
         let Some(shared) = weak.upgrade() else {
             return;
         };
-        shared.clock.store(now_ms(), Relaxed);
+        let now = now_ms();
+        shared.clock.store(now, Relaxed);
+        if shared.budget.needs_upkeep(now) {
+            let budget = shared.budget.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || budget.upkeep(now)).await {
+                tracing::error!(error = %e, "redis store: upkeep failed");
+            }
+        }
         if tokio::time::Instant::now() >= next_sweep {
             next_sweep = tokio::time::Instant::now() + every;
             refresh::sweep(&shared).await;

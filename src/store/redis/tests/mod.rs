@@ -1,11 +1,13 @@
 //! Tests of the Redis store against real `redis-server` processes, each on a
 //! free port in a temporary directory (`server.rs`), never a mock.
 //! `shared.rs`: several instances on one Redis; `outage.rs`: Redis killed,
-//! restarted empty or stalled; `lifetime.rs`: TTL refresh, expiry, bad settings.
+//! restarted empty or stalled; `lifetime.rs`: TTL refresh, expiry, bad settings;
+//! `provisional.rs`: sessions of inserted cookies that have not come back.
 
 mod lease;
 mod lifetime;
 mod outage;
+mod provisional;
 mod server;
 mod shared;
 
@@ -50,6 +52,7 @@ pub(super) fn config(redis: RedisConfig, ttl: Duration) -> StoreConfig {
     StoreConfig {
         kind: StoreKind::Redis(redis),
         session_ttl: ttl,
+        provisional_ttl: Duration::from_secs(120),
         max_sessions: 100_000,
     }
 }
