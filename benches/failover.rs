@@ -1,11 +1,23 @@
-//! Failover benchmark (issue 3): how long WebSocket clients of a frozen backend are
-//! without a connection, and whether any of them loses its session.
+//! Failover benchmark (issues 3 and 12): how long WebSocket clients of a frozen or
+//! killed backend are without a connection, and whether any of them loses its session.
 //!
 //! ```text
 //! cargo build --release --bin tether --example whoami
-//! cargo bench --bench failover            # N=1000 clients
+//! cargo bench --bench failover            # N=1000 clients, the victim frozen (SIGSTOP)
 //! N=8000 cargo bench --bench failover     # 16,000 fds in tether: needs `ulimit -Hn` >= 16,500
+//! N=8000 KILL=1 cargo bench --bench failover                 # the reconnect storm: SIGKILL
+//! N=8000 KILL=1 STORE=redis cargo bench --bench failover     # ... with the Redis store
+//! N=8000 KILL=1 PROXY=haproxy cargo bench --bench failover   # the same storm through HAProxy
 //! ```
+//!
+//! `KILL=1` (issue 12's storm): the victim is SIGKILLed. Its connections end at once
+//! (the kernel closes them), tether passes that on to the clients, and they all reconnect
+//! at the same instant, before any health check has noticed; latencies are measured from
+//! the kill. `STORE=redis` runs tether on a `redis-server` the bench starts. `PROXY=haproxy`
+//! runs the storm through HAProxy 2.6 instead (`cookie TETHER insert`, `option
+//! redispatch 1`: every retry goes to another server), the same health checks, `timeout tunnel 1h`) for its CPU per reconnect:
+//! HAProxy's cookie names the server, so its re-dispatched clients get a new cookie and
+//! that does not count as lost there.
 //!
 //! Everything runs on loopback with ephemeral ports: three `whoami` backends (separate
 //! processes) and `tether` with http health checks every 250 ms (fall 2). N clients each
@@ -113,9 +125,80 @@ fn binary(var: &str, rel: &str) -> Result<PathBuf> {
 struct Tether {
     proc: Proc,
     web: SocketAddr,
-    admin: SocketAddr,
+    /// `None` for HAProxy (no admin API: no mark-down polling).
+    admin: Option<SocketAddr>,
     /// When each `backend down` line of its log arrived, and the line.
     downs: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+/// A free loopback port (bound and released: the children bind it next).
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// HAProxy in front of the same backends: sticky by an inserted cookie named after the
+/// server, re-dispatched to another server when its own refuses, the same checks.
+fn start_haproxy(dir: &std::path::Path, backends: &[(&str, Proc, SocketAddr)]) -> Result<Tether> {
+    let port = free_port()?;
+    let servers: String = backends
+        .iter()
+        .map(|(id, _, a)| format!("  server {id} {a} cookie {id}\n"))
+        .collect();
+    let cfg = format!(
+        "global\n  maxconn 9900\ndefaults\n  mode http\n  option http-keep-alive\n  option redispatch 1\n  retries 3\n  \
+         timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n\
+         frontend web\n  bind 127.0.0.1:{port}\n  default_backend app\n\
+         backend app\n  balance roundrobin\n  cookie TETHER insert indirect nocache\n  option httpchk GET /healthz\n  \
+         default-server check inter 250ms fall 2 rise 2\n{servers}"
+    );
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, cfg).context("writing haproxy.cfg")?;
+    let mut cmd = Command::new("haproxy");
+    cmd.arg("-f").arg(&path).arg("-db");
+    let (proc, _rx) = spawn(cmd, true)?;
+    let web: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(web).is_err() {
+        if Instant::now() > deadline {
+            bail!("haproxy did not listen on {web}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its first round of checks: every server up before the sessions open.
+    std::thread::sleep(Duration::from_millis(800));
+    Ok(Tether {
+        proc,
+        web,
+        admin: None,
+        downs: Arc::new(Mutex::new(Vec::new())),
+    })
+}
+
+/// A `redis-server` for `STORE=redis`, no persistence, on a free port.
+fn start_redis(dir: &std::path::Path) -> Result<(Proc, u16)> {
+    let port = free_port()?;
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+    ])
+    .args(["--appendonly", "no"])
+    .arg("--dir")
+    .arg(dir);
+    let (proc, _rx) = spawn(cmd, false)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("redis-server did not listen on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((proc, port))
 }
 
 fn start_tether(bin: &PathBuf, config: &std::path::Path) -> Result<Tether> {
@@ -152,7 +235,7 @@ fn start_tether(bin: &PathBuf, config: &std::path::Path) -> Result<Tether> {
         }
     });
     let web = web.context("tether logged no address for listener web")?;
-    let admin = admin.context("tether logged no admin address")?;
+    let admin = Some(admin.context("tether logged no admin address")?);
     Ok(Tether {
         proc,
         web,
@@ -272,8 +355,15 @@ enum Outcome {
     Lost(String),
 }
 
-/// An affected client: wait for tether to end the WebSocket, then reconnect with the cookie.
-async fn fail_over(web: SocketAddr, mut s: Session, frozen: Arc<str>) -> Outcome {
+/// An affected client: wait for its WebSocket to end, then reconnect with the cookie.
+/// `keep_cookie`: a new cookie means the session was replaced (tether); HAProxy's
+/// names the server, so it changes with every move.
+async fn fail_over(
+    web: SocketAddr,
+    mut s: Session,
+    frozen: Arc<str>,
+    keep_cookie: bool,
+) -> Outcome {
     let code = loop {
         match s.ws.next().await {
             Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
@@ -285,11 +375,15 @@ async fn fail_over(web: SocketAddr, mut s: Session, frozen: Arc<str>) -> Outcome
     loop {
         let attempt = async {
             let r = get(web, "/", Some(&s.cookie)).await?;
-            if r.tether_cookie.is_some() {
-                return Ok(Err("new cookie: session replaced".to_string()));
-            }
+            let cookie = match r.tether_cookie {
+                Some(_) if keep_cookie => {
+                    return Ok(Err("new cookie: session replaced".to_string()))
+                }
+                Some(c) => c,
+                None => s.cookie.clone(),
+            };
             let via_get = json_id(&r.body).with_context(|| format!("status {}", r.status))?;
-            let via_ws = echo(&mut ws_connect(web, &s.cookie).await?).await?;
+            let via_ws = echo(&mut ws_connect(web, &cookie).await?).await?;
             Ok(if via_ws != via_get {
                 Err(format!("split: GET on {via_get}, WebSocket on {via_ws}"))
             } else if *via_ws == *frozen {
@@ -381,23 +475,35 @@ fn syn_trouble() -> [u64; 2] {
     ]
 }
 
-/// CPU used between two `cpu_ms` snapshots of [tether, b1, b2, b3, this client, the box].
-fn cpu_line(what: &str, wall: Duration, before: &[f64], after: &[f64], per: usize) -> String {
+/// CPU used between two `cpu_ms` snapshots of [proxy, b1, b2, b3, (redis,) this
+/// client, the box].
+fn cpu_line(
+    proxy: &str,
+    what: &str,
+    wall: Duration,
+    before: &[f64],
+    after: &[f64],
+    per: usize,
+) -> String {
     let d: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
     let wall = wall.as_secs_f64() * 1e3;
+    let (client, total) = (d[d.len() - 2], d[d.len() - 1]);
+    let redis = match d.len() {
+        7 => format!(", redis {:.0}", d[4]),
+        _ => String::new(),
+    };
     // Whatever else ran on the box (another build, ...) took CPU from this run.
-    let others = (d[5] - d[..5].iter().sum::<f64>()).max(0.0);
+    let others = (total - d[..d.len() - 1].iter().sum::<f64>()).max(0.0);
     let busy = if others > (0.1 * wall).max(30.0) {
         " BUSY BOX: rerun on a quiet one"
     } else {
         ""
     };
     format!(
-        "CPU ms, {what} ({wall:.0} ms wall): tether {:.0} ({:.0} us per session), backends {:.0}, client {:.0}, other processes {others:.0}{busy}",
+        "CPU ms, {what} ({wall:.0} ms wall): {proxy} {:.0} ({:.0} us per session), backends {:.0}{redis}, client {client:.0}, other processes {others:.0}{busy}",
         d[0],
         d[0] * 1e3 / per.max(1) as f64,
         d[1..4].iter().sum::<f64>(),
-        d[4]
     )
 }
 
@@ -441,6 +547,20 @@ async fn run() -> Result<()> {
     if hard < 2 * n as u64 + 500 {
         bail!("N={n} needs about {} open files in tether but `ulimit -Hn` is {hard}: lower N or raise the hard limit", 2 * n + 500);
     }
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let kill_it = !matches!(env("KILL").as_str(), "" | "0");
+    let redis = env("STORE") == "redis";
+    let haproxy = env("PROXY") == "haproxy";
+    if haproxy && !kill_it {
+        bail!("PROXY=haproxy measures the storm: set KILL=1 too");
+    }
+    let somaxconn: u64 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if somaxconn < n as u64 / 2 {
+        println!("note: net.core.somaxconn is {somaxconn}: accept queues are capped there, and a reconnect storm of ~{} clients may overflow them (sysctl -w net.core.somaxconn=16384)", n / 3);
+    }
     let (tether_bin, whoami_bin) = (
         binary("TETHER_BIN", "tether")?,
         binary("WHOAMI_BIN", "examples/whoami")?,
@@ -471,20 +591,37 @@ async fn run() -> Result<()> {
         .iter()
         .map(|(id, _, a)| format!("      - {{ id: {id}, addr: \"{a}\" }}\n"))
         .collect();
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let redis = if redis {
+        Some(start_redis(dir.path())?)
+    } else {
+        None
+    };
+    let store = match &redis {
+        Some((_, port)) => {
+            format!("{{ kind: redis, redis: {{ url: \"redis://127.0.0.1:{port}/0\" }} }}")
+        }
+        None => "{ kind: embedded }".into(),
+    };
     let yaml = format!(
-        "admin: {{ listen: \"127.0.0.1:0\" }}\nserver: {{ max_connections: 50000 }}\nstore: {{ kind: embedded }}\n\
+        "admin: {{ listen: \"127.0.0.1:0\" }}\nserver: {{ max_connections: 50000 }}\nstore: {store}\n\
          pools:\n  app:\n    on_backend_down: migrate\n    health: {HEALTH}\n    backends:\n{list}\
          listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n    pool: app\n    max_connections: 20000\n    \
-         timeouts: {{ idle: 1h }}\n    affinity: {{ key: {{ cookie: {{ name: TETHER, insert: true, max_age: 8h }} }} }}\n"
+         backlog: 16384\n    timeouts: {{ idle: 1h }}\n    affinity: {{ key: {{ cookie: {{ name: TETHER, insert: true, max_age: 8h }} }} }}\n"
     );
-    let dir = tempfile::tempdir().context("temp dir")?;
     std::fs::write(dir.path().join("tether.yaml"), yaml).context("writing tether.yaml")?;
-    let t = start_tether(&tether_bin, &dir.path().join("tether.yaml"))?;
+    let t = if haproxy {
+        start_haproxy(dir.path(), &backends)?
+    } else {
+        start_tether(&tether_bin, &dir.path().join("tether.yaml"))?
+    };
     let web = t.web;
+    let proxy_name = if haproxy { "haproxy" } else { "tether" };
 
-    // CPU of tether, the backends and this client: is a tail figure bound by the box?
+    // CPU of the proxy, the backends (and Redis) and this client: is a tail figure bound by the box?
     let pids: Vec<u32> = std::iter::once(t.proc.0.id())
         .chain(backends.iter().map(|(_, p, _)| p.0.id()))
+        .chain(redis.iter().map(|(p, _)| p.0.id()))
         .chain([std::process::id()])
         .collect();
     let cpu_now = || {
@@ -523,7 +660,13 @@ async fn run() -> Result<()> {
         .map(|(_, p, _)| p.0.id())
         .context("frozen pid")?;
 
-    kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).context("SIGSTOP")?;
+    let signal = if kill_it {
+        Signal::SIGKILL
+    } else {
+        Signal::SIGSTOP
+    };
+    let cpu_killed = cpu_now();
+    kill(Pid::from_raw(pid as i32), signal).context("signalling the victim")?;
     let t0 = Instant::now();
     let (mut affected, mut others) = (JoinSet::new(), Vec::new());
     for s in sessions {
@@ -531,13 +674,16 @@ async fn run() -> Result<()> {
             // Bounded: a session not back within 10 s of the mark-down is lost anyway.
             affected.spawn(timeout_at(
                 (t0 + Duration::from_secs(15)).into(),
-                fail_over(web, s, frozen.clone()),
+                fail_over(web, s, frozen.clone(), !haproxy),
             ));
         } else {
             others.push(s);
         }
     }
-    let t_down = wait_down(t.admin, &frozen, t0 + Duration::from_secs(10)).await;
+    let t_down = match t.admin {
+        Some(admin) => wait_down(admin, &frozen, t0 + Duration::from_secs(10)).await,
+        None => None,
+    };
     let cpu_down = cpu_now();
     let mut outcomes = Vec::new();
     while let Some(r) = affected.join_next().await {
@@ -557,10 +703,21 @@ async fn run() -> Result<()> {
     while let Some(ok) = checks.join_next().await {
         others_lost += usize::from(!matches!(ok, Ok(true)));
     }
-    let after = timeout(Duration::from_secs(2), get(t.admin, "/api/pools", None)).await;
+    let after = match t.admin {
+        Some(admin) => timeout(Duration::from_secs(2), get(admin, "/api/pools", None))
+            .await
+            .ok(),
+        None => None,
+    };
 
     println!(
-        "failover: N={n}, sessions opened in {:.1} s",
+        "failover: N={n}, {proxy_name}, {} store, victim {}, sessions opened in {:.1} s",
+        if redis.is_some() { "redis" } else { "embedded" },
+        if kill_it {
+            "killed (SIGKILL)"
+        } else {
+            "frozen (SIGSTOP)"
+        },
         open_time.as_secs_f64()
     );
     let shares: Vec<String> = per_backend
@@ -571,25 +728,34 @@ async fn run() -> Result<()> {
         "sessions per backend: {}; froze {frozen} (pid {pid})",
         shares.join(" ")
     );
-    let Some(t_down) = t_down else {
-        println!(
-            "{frozen} NOT marked down within 10 s: its {} sessions count as lost\ntargets: NOT met",
-            outcomes.len()
-        );
-        return Ok(());
-    };
     let logged = t.downs.lock().ok().and_then(|d| {
         let tag = format!("backend={frozen}");
         d.iter().find(|(_, l)| l.contains(&tag)).map(|(at, _)| *at)
     });
-    println!(
-        "detection (freeze -> marked down): {:.0} ms by polling /api/pools, {} by tether's log line",
-        since(t_down, t0),
-        logged.map_or("-".into(), |at| format!("{:.0} ms", since(at, t0)))
-    );
-    // The poll lags the mark-down by up to one poll plus the admin's answer; the log line
-    // lags it by a pipe write. Measure from the earlier one (it can only lengthen latencies).
-    let t_down = logged.map_or(t_down, |at| at.min(t_down));
+    let t_down = match (t_down, kill_it) {
+        (Some(t_down), _) => {
+            println!(
+                "detection ({} -> marked down): {:.0} ms by polling /api/pools, {} by tether's log line",
+                if kill_it { "kill" } else { "freeze" },
+                since(t_down, t0),
+                logged.map_or("-".into(), |at| format!("{:.0} ms", since(at, t0)))
+            );
+            // The poll lags the mark-down by up to one poll plus the admin's answer; the log line
+            // lags it by a pipe write. Measure from the earlier one (it can only lengthen latencies).
+            logged.map_or(t_down, |at| at.min(t_down))
+        }
+        (None, false) => {
+            println!(
+                "{frozen} NOT marked down within 10 s: its {} sessions count as lost\ntargets: NOT met",
+                outcomes.len()
+            );
+            return Ok(());
+        }
+        (None, true) => t0,
+    };
+    // The storm is timed from the kill: its clients do not wait for any check.
+    let t_down = if kill_it { t0 } else { t_down };
+    let base = if kill_it { "kill" } else { "mark-down" };
     let (mut back, mut closed, mut retries) = (Vec::new(), Vec::new(), 0);
     let (mut codes, mut lost) = (
         BTreeMap::<String, usize>::new(),
@@ -624,22 +790,30 @@ async fn run() -> Result<()> {
         outcomes.len()
     );
     println!(
-        "mark-down -> WebSocket closed:         {}",
+        "{base} -> WebSocket closed:         {}",
         summary(&mut closed).0
     );
     let (text, p99) = summary(&mut back);
-    println!("mark-down -> echo from the new owner:  {text}");
+    println!("{base} -> echo from the new owner:  {text}");
     let total_lost: usize = lost.values().sum();
     println!("lost sessions: {total_lost} {lost:?}");
     println!(
         "{}",
-        cpu_line("opening the sessions", open_time, &cpu_open, &cpu_opened, n)
+        cpu_line(
+            proxy_name,
+            "opening the sessions",
+            open_time,
+            &cpu_open,
+            &cpu_opened,
+            n
+        )
     );
     let moving = moved_at.saturating_duration_since(t_down);
     let line = cpu_line(
-        "mark-down to last reconnect",
+        proxy_name,
+        &format!("{base} to last reconnect"),
         moving,
-        &cpu_down,
+        if kill_it { &cpu_killed } else { &cpu_down },
         &cpu_moved,
         back.len(),
     );
@@ -649,7 +823,7 @@ async fn run() -> Result<()> {
         syn_after[0] - syn_before[0],
         syn_after[1] - syn_before[1]
     );
-    if let Ok(Ok(r)) = after {
+    if let Some(Ok(r)) = after {
         let now: Vec<String> = per_backend
             .keys()
             .map(|id| {

@@ -192,6 +192,24 @@ impl Drop for Running {
     }
 }
 
+/// Bind with a deep accept queue: a failover sends thousands of clients to
+/// the surviving backends at once, and a SYN dropped on a full queue costs its
+/// client a 1 s retransmit (tokio's `bind` asks for 1024).
+pub async fn bind_deep(listen: &str) -> io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host(listen)
+        .await?
+        .next()
+        .ok_or_else(|| io::Error::other(format!("{listen}: no address")))?;
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(8192)
+}
+
 /// Bind `listen` (e.g. `"127.0.0.1:0"` for a free port) and serve on a spawned task.
 /// Needs a tokio runtime. The server stops on [`Running::shutdown`] or when dropped.
 pub async fn start(id: &str, listen: &str) -> io::Result<Running> {
@@ -664,7 +682,7 @@ async fn main() {
             _ => usage(),
         }
     }
-    let listener = match TcpListener::bind(&listen).await {
+    let listener = match bind_deep(&listen).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("whoami: cannot listen on {listen}: {e}");
