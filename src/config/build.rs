@@ -8,15 +8,31 @@ use serde::de::DeserializeOwned;
 use serde_yaml::{Mapping, Value};
 
 use super::error::{ConfigErrors, Report, SEE_DOCS};
-use super::locate::KeyPath;
+use super::locate::{Index, KeyPath, ALIAS_FACTOR, ALIAS_SLACK};
 use super::model::Snapshot;
 use super::raw::{RawAdmin, RawServer, RawStore, RawVip, SESSION_TTL, TOP_KEYS};
 use super::values::{id_problem, key_text};
 use super::{listener, pool, sections, validate};
 
 pub(crate) fn snapshot(file: &Path, text: &str) -> Result<Snapshot, ConfigErrors> {
+    // Indexed first: its count of alias expansions stops a file that would
+    // become hundreds of megabytes of values before serde_yaml copies it out.
+    // (A file yaml-rust2 cannot read has an empty index and no count: only
+    // serde_yaml's own repetition limit applies then.)
+    let index = Index::build(text);
+    if let Some(at) = index.alias_overflow() {
+        return Err(ConfigErrors::single(
+            file,
+            at.line,
+            at.col,
+            format!(
+                "aliases expand the document past {ALIAS_FACTOR} times its own nodes \
+                 plus {ALIAS_SLACK}: refused (an anchor referenced too often?)"
+            ),
+        ));
+    }
     let mut root: Value = serde_yaml::from_str(text).map_err(|e| syntax_error(file, &e))?;
-    let mut r = Report::new(file, text);
+    let mut r = Report::new(file, index);
     let top = KeyPath::root();
     if let Err(e) = root.apply_merge() {
         r.err(&top, format!("invalid merge key (`<<`): {e}"));

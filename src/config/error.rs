@@ -102,11 +102,12 @@ pub(crate) struct Report {
 }
 
 impl Report {
-    pub(crate) fn new(file: &Path, text: &str) -> Report {
+    /// `index`: the file's positions (`Index::build` of its text).
+    pub(crate) fn new(file: &Path, index: Index) -> Report {
         Report {
             file: file.to_path_buf(),
             base_dir: file.parent().map(Path::to_path_buf).unwrap_or_default(),
-            index: Index::build(text),
+            index,
             errors: Vec::new(),
         }
     }

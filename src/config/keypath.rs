@@ -48,19 +48,17 @@ impl KeyPath {
         KeyPath(segs)
     }
 
+    /// The steps from the root.
+    pub(crate) fn segs(&self) -> &[Seg] {
+        &self.0
+    }
+
     /// The last mapping key of the path (`token_file` in `admin.token_file`).
     pub(crate) fn last_key(&self) -> &str {
         match self.0.last() {
             Some(Seg::Key(k)) => k,
             _ => "",
         }
-    }
-
-    /// The path one step up; `None` at the root.
-    pub(crate) fn parent(&self) -> Option<Self> {
-        let mut segs = self.0.clone();
-        segs.pop()?;
-        Some(KeyPath(segs))
     }
 }
 

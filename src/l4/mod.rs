@@ -14,7 +14,8 @@
 //! copy by `crate::tunnel`).
 
 mod admit;
-mod opening;
+// pub for the property tests (tests/props), which drive `read` over in-memory bytes.
+pub mod opening;
 pub mod proxy_proto;
 mod session;
 pub mod sni;
