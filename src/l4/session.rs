@@ -76,7 +76,11 @@ async fn open(mut tcp: TcpStream, addr: ClientAddr, l: &ListenerRt) -> Option<Re
     let key_cfg = &l.cfg.affinity.key;
     let limit = l.cfg.timeouts.client_header;
     // Where the client connected to, for a PROXY header sent on.
-    let local = addr.dst.or_else(|| tcp.local_addr().ok());
+    // (a getsockname per connection only when a PROXY header will carry it)
+    let local = match l.pool.cfg().send_proxy {
+        Some(_) => addr.dst.or_else(|| tcp.local_addr().ok()),
+        None => None,
+    };
     let read = match &l.tls {
         None => opening::read(&mut tcp, key_cfg, limit)
             .await
