@@ -11,4 +11,5 @@ pub mod listener;
 pub mod router;
 pub mod serve;
 mod socket;
+mod upstream;
 mod websocket;

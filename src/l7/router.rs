@@ -4,8 +4,11 @@
 //! Order of work per request: `early_request_filter` (connection timeouts),
 //! `request_filter` (hygiene, key, routing decision; tether's own answers such
 //! as 400/503 end here), `upstream_peer` (connect to the decided backend),
-//! `upstream_request_filter` (X-Tether-*, X-Forwarded-*), `response_filter`
-//! (affinity cookie), `logging` (metrics, re-arming the header guard).
+//! `upstream_request_filter` (X-Tether-*, X-Forwarded-*),
+//! `upstream_response_filter` (passive success), `response_filter` (affinity
+//! cookie), `logging` (metrics, re-arming the header guard). Failures go to
+//! passive health through `pool::passive`'s rule (`fail_to_connect`,
+//! `error_while_proxy`, see `upstream`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -24,12 +27,13 @@ use pingora::ErrorType;
 use super::conn::{ConnInfo, ConnStream};
 use super::hygiene;
 use super::listener::ListenerRt;
+use super::upstream;
 use super::websocket;
 use crate::affinity::cookie::CookieSigner;
 use crate::affinity::hash::hash_key;
 use crate::affinity::key::{self, IpKey};
 use crate::config::{Fallback, Key};
-use crate::pool::{BackendRt, Decision};
+use crate::pool::{BackendRt, Decision, Failure, Fault};
 use crate::store::{LiveGuard, MoveReason};
 
 pub struct Router {
@@ -212,10 +216,11 @@ impl Router {
         self.apply(session, ctx, decision).await
     }
 
-    /// Count a passive failure of the current backend; `fall` of them in a row mark it down.
-    fn passive_failure(&self, ctx: &Ctx, why: &'static str) {
+    /// Report a failure of the current backend to passive health, whose rule
+    /// (`pool::passive`) decides whether it counts.
+    fn passive_failure(&self, ctx: &Ctx, f: Failure) {
         if let Some((_, b)) = &ctx.backend {
-            ctx.l.pool.passive_failure(b, why);
+            ctx.l.pool.passive_failure(b, f);
         }
     }
 
@@ -409,7 +414,7 @@ impl ProxyHttp for Router {
                 ));
             }
         }
-        self.passive_failure(ctx, "connect failed");
+        self.passive_failure(ctx, Failure::new(upstream::connect_fault(&e), true));
         // Nothing was sent: any request may go to another backend.
         if self.may_retry(ctx) {
             e.set_retry(true);
@@ -430,7 +435,10 @@ impl ProxyHttp for Router {
             e.set_retry(false);
             return e;
         }
-        self.passive_failure(ctx, "failed before answering");
+        // Whether the client had sent the whole request decides whether a
+        // reset or a silence is the backend's doing (pool::passive).
+        let complete = session.is_body_done();
+        self.passive_failure(ctx, Failure::new(upstream::fault(&e), complete));
         // A reset before the response: retry idempotent requests elsewhere. A timeout is
         // not retried (it would double the wait), nor is a request whose body may be lost.
         let replayable = session.req_header().method.is_idempotent()
@@ -453,7 +461,7 @@ impl ProxyHttp for Router {
         ctx.got_response = true;
         if let Some((_, b)) = &ctx.backend {
             if resp.status.is_server_error() && ctx.l.pool.passive_5xx() {
-                self.passive_failure(ctx, "5xx response");
+                self.passive_failure(ctx, Failure::new(Fault::ServerError, true));
             } else {
                 b.passive_success();
             }
@@ -501,23 +509,7 @@ impl ProxyHttp for Router {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
-        use ErrorType::*;
-        let code = match e.etype() {
-            HTTPStatus(code) => *code,
-            ConnectTimedout | ReadTimedout | WriteTimedout
-                if e.esource() == &ErrorSource::Upstream =>
-            {
-                504
-            }
-            _ => match e.esource() {
-                ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => match e.etype() {
-                    WriteError | ReadError | ConnectionClosed | ReadTimedout | WriteTimedout => 0,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
-            },
-        };
+        let code = upstream::error_status(e);
         if code > 0 {
             if let Err(err) = session.respond_error(code).await {
                 tracing::debug!(error = %err, "could not send error response");
