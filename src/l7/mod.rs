@@ -12,4 +12,5 @@ pub mod router;
 pub mod serve;
 mod socket;
 mod upstream;
+mod watch;
 mod websocket;

@@ -4,8 +4,9 @@
 //! Order of work per request: `early_request_filter` (connection timeouts),
 //! `request_filter` (hygiene, key, routing decision; tether's own answers such
 //! as 400/503 end here), `upstream_peer` (connect to the decided backend),
-//! `upstream_request_filter` (X-Tether-*, X-Forwarded-*),
-//! `upstream_response_filter` (passive success), `response_filter` (affinity
+//! `connected_to_upstream` (the response `watch`), `upstream_request_filter`
+//! (X-Tether-*, X-Forwarded-*), `upstream_response_filter` and its body
+//! filter (passive success, the watch's phases), `response_filter` (affinity
 //! cookie), `logging` (metrics, re-arming the header guard). Failures go to
 //! passive health through `pool::passive`'s rule (`fail_to_connect`,
 //! `error_while_proxy`, see `upstream`).
@@ -28,6 +29,7 @@ use super::conn::{ConnInfo, ConnStream};
 use super::hygiene;
 use super::listener::ListenerRt;
 use super::upstream;
+use super::watch::{Phase, Plan, Watch};
 use super::websocket;
 use crate::affinity::cookie::CookieSigner;
 use crate::affinity::hash::hash_key;
@@ -61,6 +63,11 @@ pub struct Ctx {
     /// Backends that failed this request before answering (retries go elsewhere).
     tried: Vec<Arc<BackendRt>>,
     got_response: bool,
+    /// The timeout pingora cannot apply itself on the current upstream
+    /// connection (`watch`).
+    watch: Option<Watch>,
+    /// The response body ends with the backend's close (no length, not chunked).
+    close_delimited: bool,
 }
 
 /// Retries of one request on other backends after a connect failure or an
@@ -303,6 +310,8 @@ impl ProxyHttp for Router {
             upstream_counted: false,
             tried: Vec::new(),
             got_response: false,
+            watch: None,
+            close_delimited: false,
         }
     }
 
@@ -388,7 +397,9 @@ impl ProxyHttp for Router {
             None => HttpPeer::new(addr, false, String::new()),
         };
         peer.options.connection_timeout = Some(t.connect);
-        peer.options.read_timeout = Some(t.response_header);
+        // pingora applies this to the head and every body read alike: it gets
+        // the longer of response_header and response_idle, a watch the other.
+        peer.options.read_timeout = Some(Plan::new(t).read_timeout);
         peer.options.write_timeout = Some(ctx.l.cfg.timeouts.idle);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         Ok(Box::new(peer))
@@ -430,7 +441,9 @@ impl ProxyHttp for Router {
         ctx: &mut Ctx,
         _client_reused: bool,
     ) -> Box<Error> {
-        let mut e = e.more_context(format!("Peer: {peer}"));
+        let fired = ctx.watch.take().and_then(|w| w.fired());
+        let mut e = upstream::timed_out(e, fired, &ctx.l.pool.cfg().timeouts)
+            .more_context(format!("Peer: {peer}"));
         if ctx.got_response || e.esource() != &ErrorSource::Upstream {
             e.set_retry(false);
             return e;
@@ -454,11 +467,22 @@ impl ProxyHttp for Router {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.got_response = true;
+        if !resp.status.is_informational() {
+            let (has_body, close_delimited) =
+                upstream::body_framing(&session.req_header().method, resp);
+            ctx.close_delimited = close_delimited;
+            if let Some(w) = &mut ctx.watch {
+                w.head_received(has_body);
+                if w.spent() {
+                    ctx.watch = None;
+                }
+            }
+        }
         if let Some((_, b)) = &ctx.backend {
             if resp.status.is_server_error() && ctx.l.pool.passive_5xx() {
                 self.passive_failure(ctx, Failure::new(Fault::ServerError, true));
@@ -469,12 +493,32 @@ impl ProxyHttp for Router {
         Ok(())
     }
 
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let (true, Some(w)) = (end_of_stream, &mut ctx.watch) {
+            // A close-delimited body ends at the close the watch made: pingora
+            // cannot tell it from a clean end, so fail it here (framed bodies
+            // cut short fail in pingora's own reader).
+            if w.fired() == Some(Phase::Body) && ctx.close_delimited {
+                return Err(upstream::idle_cut(&ctx.l.pool.cfg().timeouts));
+            }
+            w.body_ended();
+            ctx.watch = None;
+        }
+        Ok(None)
+    }
+
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
         _reused: bool,
-        _peer: &HttpPeer,
-        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        peer: &HttpPeer,
+        #[cfg(unix)] fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
@@ -482,6 +526,11 @@ impl ProxyHttp for Router {
         if let (Some((_, b)), false) = (&ctx.backend, ctx.upstream_counted) {
             b.upstream_active.inc();
             ctx.upstream_counted = true;
+        }
+        // HTTP/1 only: cutting an h2 connection would cut every stream on it.
+        #[cfg(unix)]
+        if peer.options.alpn == pingora::protocols::ALPN::H1 {
+            ctx.watch = Watch::start(fd, &Plan::new(&ctx.l.pool.cfg().timeouts));
         }
         Ok(())
     }
