@@ -44,6 +44,18 @@ impl Health {
     }
 }
 
+/// The raw health value of a backend held down by passive failures: `Down`
+/// to everyone but the ejection cap, which counts these.
+const DOWN_PASSIVE: u8 = 3;
+
+fn health_of(raw: u8) -> Health {
+    match raw {
+        1 => Health::Up,
+        2 | DOWN_PASSIVE => Health::Down,
+        _ => Health::Unknown,
+    }
+}
+
 /// Why tether closes a tunnel; decides the WebSocket close code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -218,29 +230,47 @@ impl BackendRt {
     }
 
     pub fn health(&self) -> Health {
-        match self.health.load(Ordering::Acquire) {
-            1 => Health::Up,
-            2 => Health::Down,
-            _ => Health::Unknown,
-        }
+        health_of(self.health.load(Ordering::Acquire))
     }
 
-    /// Set the health; returns the previous value.
+    /// Set the health; returns the previous value. A passive ejection ends
+    /// here: whatever set the state now owns it.
     pub fn set_health(&self, h: Health) -> Health {
         let old = self.health.swap(h as u8, Ordering::AcqRel);
+        self.health_stored(old, h)
+    }
+
+    /// Mark it down for passive failures (`PoolRt::passive_failure` decides
+    /// whether the pool's ejection cap allows it). `None` when it already was
+    /// down, held by either cause; else the previous state.
+    pub fn eject(&self) -> Option<Health> {
+        let old = self
+            .health
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                (health_of(cur) != Health::Down).then_some(DOWN_PASSIVE)
+            })
+            .ok()?;
+        Some(self.health_stored(old, Health::Down))
+    }
+
+    /// Held down by passive failures (counted against `max_ejected_percent`),
+    /// not by active checks.
+    pub fn passively_ejected(&self) -> bool {
+        self.health.load(Ordering::Acquire) == DOWN_PASSIVE
+    }
+
+    /// The side effects of a new state `h` replacing the raw state `old`.
+    fn health_stored(&self, old: u8, h: Health) -> Health {
+        let old = health_of(old);
         self.up_gauge.set(i64::from(h == Health::Up));
-        if old != h as u8 {
+        if old != h {
             self.changed_at.store(mono_ms(), Ordering::Release);
-            if old == Health::Down as u8 && h == Health::Up {
+            if old == Health::Down && h == Health::Up {
                 self.revived_at.store(mono_ms(), Ordering::Release);
             }
             self.passive_failures.store(0, Ordering::Release);
         }
-        match old {
-            1 => Health::Up,
-            2 => Health::Down,
-            _ => Health::Unknown,
-        }
+        old
     }
 
     /// How long ago health last changed (`None` if it never did).
@@ -307,9 +337,11 @@ impl BackendRt {
         }
     }
 
-    /// Count one passive failure; true when `fall` consecutive ones are reached.
-    pub fn passive_failure(&self, fall: u32) -> bool {
-        self.passive_failures.fetch_add(1, Ordering::AcqRel) + 1 >= fall
+    /// Count one passive failure; the length of the run of them so far.
+    pub fn passive_failure(&self) -> u32 {
+        self.passive_failures
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1)
     }
 
     pub fn passive_success(&self) {

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub affinity_lookups: IntCounterVec,
     pub session_moves: IntCounterVec,
     pub health_checks: IntCounterVec,
+    /// Passive mark-downs refused by `health.passive.max_ejected_percent`.
+    pub passive_ejections_refused: IntCounterVec,
     pub config_reloads: IntCounterVec,
     /// `tether_vip_leader`: 1 while this node holds the virtual IP.
     pub vip_leader: IntGauge,
@@ -153,6 +155,12 @@ impl Metrics {
                 "health_checks_total",
                 "Health check results",
                 &["pool", "backend", "result"],
+            ),
+            passive_ejections_refused: counter(
+                &r,
+                "passive_ejections_refused_total",
+                "Passive mark-downs refused: the pool's max_ejected_percent were down already",
+                &["pool"],
             ),
             backend_resolutions: counter(
                 &r,

@@ -122,6 +122,8 @@ fn broken_configs() -> Vec<Case> {
         case("bad slowstart", with_health("{ slowstart: soon }"), "pools.app.health.slowstart", 3, Some(26), "invalid duration `soon`"),
         case("unknown passive key", with_health("{ passive: { enabled: true, on5xx: true } }"), "pools.app.health.passive.on5xx", 3, Some(41), "unknown field `on5xx`"),
         case("passive without active checks", with_health("{ kind: none, passive: { enabled: true } }"), "pools.app.health.passive.enabled", 3, Some(47), "passive health needs an active check"),
+        case("max_ejected_percent above 100", with_health("{ passive: { max_ejected_percent: 101 } }"), "pools.app.health.passive.max_ejected_percent", 3, Some(47), "max_ejected_percent must be an integer from 0 to 100, not 101"),
+        case("max_ejected_percent without passive health", with_health("{ kind: none, passive: { max_ejected_percent: 10 } }"), "pools.app.health.passive.max_ejected_percent", 3, Some(59), "only applies when passive health is enabled"),
         case("zero listener max_connections", edit("    pool: app\n", "    pool: app\n    max_connections: 0\n"), "listeners[0].max_connections", 10, Some(22), "max_connections must be >= 1"),
         case("listener above server max_connections", format!("server: {{ max_connections: 100 }}\n{}", edit("    pool: app\n", "    pool: app\n    max_connections: 200\n")), "listeners[0].max_connections", 11, Some(22), "max_connections 200 exceeds server.max_connections 100"),
         case("no listeners", BASE[..BASE.find("listeners:").unwrap_or(0)].to_owned(), "listeners", 1, Some(1), "at least one listener is required"),
@@ -313,6 +315,7 @@ fn health_keys_parse_with_defaults() {
     );
     assert_eq!(h.slowstart, Duration::ZERO);
     assert!(h.passive.enabled && !h.passive.on_5xx);
+    assert_eq!(h.passive.max_ejected_percent, 50);
 
     let text = with_health(
         "{ method: head, host: app.internal, slowstart: 30s, passive: { on_5xx: true } }",
@@ -328,6 +331,10 @@ fn health_keys_parse_with_defaults() {
     }
     assert_eq!(h.slowstart, Duration::from_secs(30));
     assert!(h.passive.enabled && h.passive.on_5xx);
+
+    let text = with_health("{ passive: { max_ejected_percent: 0 } }");
+    let snap = config::parse(file(), &text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snap.pools[0].health.passive.max_ejected_percent, 0);
 
     let text = with_health("{ method: PURGE, passive: { enabled: false } }");
     let snap = config::parse(file(), &text).unwrap_or_else(|e| panic!("{e}"));

@@ -304,6 +304,9 @@ pub struct Passive {
     pub enabled: bool,
     /// Also count 5xx responses as failures (off: a 5xx is the app's answer).
     pub on_5xx: bool,
+    /// At most this share (0-100) of the pool's backends may be held down by
+    /// passive failures at once, rounded down; one backend always may.
+    pub max_ejected_percent: u8,
 }
 
 impl Default for Passive {
@@ -311,6 +314,7 @@ impl Default for Passive {
         Passive {
             enabled: true,
             on_5xx: false,
+            max_ejected_percent: super::raw::PASSIVE_MAX_EJECTED_PERCENT,
         }
     }
 }

@@ -367,9 +367,32 @@ fn passive(
             "on_5xx only applies when passive health is enabled",
         );
     }
+    let mp = path.key("max_ejected_percent");
+    let max_ejected_percent = match p.max_ejected_percent {
+        None => PASSIVE_MAX_EJECTED_PERCENT,
+        Some(n) => {
+            if !enabled {
+                r.err(
+                    &mp,
+                    "max_ejected_percent only applies when passive health is enabled",
+                );
+            }
+            u8::try_from(n)
+                .ok()
+                .filter(|n| *n <= 100)
+                .unwrap_or_else(|| {
+                    r.err(
+                        &mp,
+                        format!("max_ejected_percent must be an integer from 0 to 100, not {n}"),
+                    );
+                    PASSIVE_MAX_EJECTED_PERCENT
+                })
+        }
+    };
     Passive {
         enabled: enabled && active,
         on_5xx: on_5xx && enabled,
+        max_ejected_percent,
     }
 }
 

@@ -81,6 +81,9 @@ pub(crate) const HEALTH_METHOD: http::Method = http::Method::GET;
 pub(crate) const HEALTH_SLOWSTART: Duration = Duration::ZERO;
 // `pools.*.health.passive`: `{ enabled: true, on_5xx: false }`; with `kind: none`
 // it defaults to off, since nothing would ever bring a passively downed backend back.
+/// `pools.*.health.passive.max_ejected_percent`: the share of a pool passive
+/// failures may hold down at once (Envoy's default is 10; one backend always may).
+pub(crate) const PASSIVE_MAX_EJECTED_PERCENT: u8 = 50;
 // `pools.*.notify`: absent = no notifications; `webhook` is required when given.
 /// `pools.*.notify.before`: a drain is announced this long before its deadline.
 pub(crate) const NOTIFY_BEFORE: Duration = Duration::from_secs(30);
@@ -326,11 +329,13 @@ pub(crate) struct RawHealth {
 #[derive(Debug, Default, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "passive health settings like { enabled: true, on_5xx: false }"
+    expecting = "passive health settings like { enabled: true, on_5xx: false, max_ejected_percent: 50 }"
 )]
 pub(crate) struct RawPassive {
     pub enabled: Option<bool>,
     pub on_5xx: Option<bool>,
+    /// Wide so out-of-range values get our message, not serde's.
+    pub max_ejected_percent: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -31,7 +31,7 @@ use crate::affinity::key::IpKey;
 use crate::backend::BackendRt;
 use crate::config::{Fallback, IpMask, Key};
 use crate::l7::listener::ListenerRt;
-use crate::pool::Decision;
+use crate::pool::{Decision, Failure, Fault};
 use crate::store::{LiveGuard, MoveReason};
 use crate::tls::client::{self, Upstream};
 use crate::tunnel::{self, Mode, Params};
@@ -260,19 +260,22 @@ async fn connect(
     loop {
         let cfg = pool.cfg();
         let limit = cfg.timeouts.connect;
-        let why = match b.addr() {
-            None => "host name not resolved".to_owned(),
+        // A TCP session has no response to wait for: only the connect (and
+        // its TLS handshake) can fail on the backend's account. A host name
+        // that never resolved is the resolver's, not the backend's.
+        let (why, fault) = match b.addr() {
+            None => ("host name not resolved".to_owned(), Fault::Other),
             Some(addr) => match client::connect_with(addr, limit, cfg.tls.as_ref(), preamble).await
             {
                 Ok(s) => {
                     b.passive_success();
                     return Some((b, s));
                 }
-                Err(e) => e.to_string(),
+                Err(e) => (e.to_string(), Fault::Connect),
             },
         };
         tracing::debug!(pool = %pool.name, backend = %b.id, error = %why, "tcp connect failed");
-        pool.passive_failure(&b, "connect failed");
+        pool.passive_failure(&b, Failure::new(fault, true));
         tried.push(b);
         if tried.len() > MAX_RETRIES {
             return None;

@@ -11,4 +11,6 @@ pub mod listener;
 pub mod router;
 pub mod serve;
 mod socket;
+mod upstream;
+mod watch;
 mod websocket;

@@ -4,8 +4,12 @@
 //! Order of work per request: `early_request_filter` (connection timeouts),
 //! `request_filter` (hygiene, key, routing decision; tether's own answers such
 //! as 400/503 end here), `upstream_peer` (connect to the decided backend),
-//! `upstream_request_filter` (X-Tether-*, X-Forwarded-*), `response_filter`
-//! (affinity cookie), `logging` (metrics, re-arming the header guard).
+//! `connected_to_upstream` (the response `watch`), `upstream_request_filter`
+//! (X-Tether-*, X-Forwarded-*), `upstream_response_filter` and its body
+//! filter (passive success, the watch's phases), `response_filter` (affinity
+//! cookie), `logging` (metrics, re-arming the header guard). Failures go to
+//! passive health through `pool::passive`'s rule (`fail_to_connect`,
+//! `error_while_proxy`, see `upstream`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -24,12 +28,14 @@ use pingora::ErrorType;
 use super::conn::{ConnInfo, ConnStream};
 use super::hygiene;
 use super::listener::ListenerRt;
+use super::upstream;
+use super::watch::{Phase, Plan, Watch};
 use super::websocket;
 use crate::affinity::cookie::CookieSigner;
 use crate::affinity::hash::hash_key;
 use crate::affinity::key::{self, IpKey};
 use crate::config::{Fallback, Key};
-use crate::pool::{BackendRt, Decision};
+use crate::pool::{BackendRt, Decision, Failure, Fault};
 use crate::store::{LiveGuard, MoveReason};
 
 pub struct Router {
@@ -57,6 +63,11 @@ pub struct Ctx {
     /// Backends that failed this request before answering (retries go elsewhere).
     tried: Vec<Arc<BackendRt>>,
     got_response: bool,
+    /// The timeout pingora cannot apply itself on the current upstream
+    /// connection (`watch`).
+    watch: Option<Watch>,
+    /// The response body ends with the backend's close (no length, not chunked).
+    close_delimited: bool,
 }
 
 /// Retries of one request on other backends after a connect failure or an
@@ -212,10 +223,11 @@ impl Router {
         self.apply(session, ctx, decision).await
     }
 
-    /// Count a passive failure of the current backend; `fall` of them in a row mark it down.
-    fn passive_failure(&self, ctx: &Ctx, why: &'static str) {
+    /// Report a failure of the current backend to passive health, whose rule
+    /// (`pool::passive`) decides whether it counts.
+    fn passive_failure(&self, ctx: &Ctx, f: Failure) {
         if let Some((_, b)) = &ctx.backend {
-            ctx.l.pool.passive_failure(b, why);
+            ctx.l.pool.passive_failure(b, f);
         }
     }
 
@@ -298,6 +310,8 @@ impl ProxyHttp for Router {
             upstream_counted: false,
             tried: Vec::new(),
             got_response: false,
+            watch: None,
+            close_delimited: false,
         }
     }
 
@@ -383,7 +397,9 @@ impl ProxyHttp for Router {
             None => HttpPeer::new(addr, false, String::new()),
         };
         peer.options.connection_timeout = Some(t.connect);
-        peer.options.read_timeout = Some(t.response_header);
+        // pingora applies this to the head and every body read alike: it gets
+        // the longer of response_header and response_idle, a watch the other.
+        peer.options.read_timeout = Some(Plan::new(t).read_timeout);
         peer.options.write_timeout = Some(ctx.l.cfg.timeouts.idle);
         peer.options.idle_timeout = Some(Duration::from_secs(60));
         Ok(Box::new(peer))
@@ -409,7 +425,7 @@ impl ProxyHttp for Router {
                 ));
             }
         }
-        self.passive_failure(ctx, "connect failed");
+        self.passive_failure(ctx, Failure::new(upstream::connect_fault(&e), true));
         // Nothing was sent: any request may go to another backend.
         if self.may_retry(ctx) {
             e.set_retry(true);
@@ -425,12 +441,17 @@ impl ProxyHttp for Router {
         ctx: &mut Ctx,
         _client_reused: bool,
     ) -> Box<Error> {
-        let mut e = e.more_context(format!("Peer: {peer}"));
+        let fired = ctx.watch.take().and_then(|w| w.fired());
+        let mut e = upstream::timed_out(e, fired, &ctx.l.pool.cfg().timeouts)
+            .more_context(format!("Peer: {peer}"));
         if ctx.got_response || e.esource() != &ErrorSource::Upstream {
             e.set_retry(false);
             return e;
         }
-        self.passive_failure(ctx, "failed before answering");
+        // Whether the client had sent the whole request decides whether a
+        // reset or a silence is the backend's doing (pool::passive).
+        let complete = session.is_body_done();
+        self.passive_failure(ctx, Failure::new(upstream::fault(&e), complete));
         // A reset before the response: retry idempotent requests elsewhere. A timeout is
         // not retried (it would double the wait), nor is a request whose body may be lost.
         let replayable = session.req_header().method.is_idempotent()
@@ -446,14 +467,25 @@ impl ProxyHttp for Router {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.got_response = true;
+        if !resp.status.is_informational() {
+            let (has_body, close_delimited) =
+                upstream::body_framing(&session.req_header().method, resp);
+            ctx.close_delimited = close_delimited;
+            if let Some(w) = &mut ctx.watch {
+                w.head_received(has_body);
+                if w.spent() {
+                    ctx.watch = None;
+                }
+            }
+        }
         if let Some((_, b)) = &ctx.backend {
             if resp.status.is_server_error() && ctx.l.pool.passive_5xx() {
-                self.passive_failure(ctx, "5xx response");
+                self.passive_failure(ctx, Failure::new(Fault::ServerError, true));
             } else {
                 b.passive_success();
             }
@@ -461,12 +493,32 @@ impl ProxyHttp for Router {
         Ok(())
     }
 
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let (true, Some(w)) = (end_of_stream, &mut ctx.watch) {
+            // A close-delimited body ends at the close the watch made: pingora
+            // cannot tell it from a clean end, so fail it here (framed bodies
+            // cut short fail in pingora's own reader).
+            if w.fired() == Some(Phase::Body) && ctx.close_delimited {
+                return Err(upstream::idle_cut(&ctx.l.pool.cfg().timeouts));
+            }
+            w.body_ended();
+            ctx.watch = None;
+        }
+        Ok(None)
+    }
+
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
         _reused: bool,
-        _peer: &HttpPeer,
-        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        peer: &HttpPeer,
+        #[cfg(unix)] fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
@@ -474,6 +526,11 @@ impl ProxyHttp for Router {
         if let (Some((_, b)), false) = (&ctx.backend, ctx.upstream_counted) {
             b.upstream_active.inc();
             ctx.upstream_counted = true;
+        }
+        // HTTP/1 only: cutting an h2 connection would cut every stream on it.
+        #[cfg(unix)]
+        if peer.options.alpn == pingora::protocols::ALPN::H1 {
+            ctx.watch = Watch::start(fd, &Plan::new(&ctx.l.pool.cfg().timeouts));
         }
         Ok(())
     }
@@ -501,23 +558,7 @@ impl ProxyHttp for Router {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
-        use ErrorType::*;
-        let code = match e.etype() {
-            HTTPStatus(code) => *code,
-            ConnectTimedout | ReadTimedout | WriteTimedout
-                if e.esource() == &ErrorSource::Upstream =>
-            {
-                504
-            }
-            _ => match e.esource() {
-                ErrorSource::Upstream => 502,
-                ErrorSource::Downstream => match e.etype() {
-                    WriteError | ReadError | ConnectionClosed | ReadTimedout | WriteTimedout => 0,
-                    _ => 400,
-                },
-                ErrorSource::Internal | ErrorSource::Unset => 500,
-            },
-        };
+        let code = upstream::error_status(e);
         if code > 0 {
             if let Err(err) = session.respond_error(code).await {
                 tracing::debug!(error = %err, "could not send error response");

@@ -20,6 +20,7 @@
 //! reload (`view.rs`), so a request sees one consistent view. Backends are
 //! carried from view to view by id with all their state.
 
+mod passive;
 #[cfg(test)]
 mod tests;
 mod view;
@@ -35,6 +36,7 @@ pub use crate::backend::{BackendRt, CloseReason, Health};
 use crate::config;
 use crate::metrics::Metrics;
 use crate::store::{Hit, LiveGuard, MoveReason, PoolStore, Session, StoreError};
+pub use passive::{ejection_cap, Failure, Fault};
 pub use view::{PoolChanges, View};
 
 struct Lookups {
@@ -50,6 +52,8 @@ pub struct PoolRt {
     /// Serializes view replacements (health, drains, reloads): each starts
     /// from the view the previous one stored.
     writer: Mutex<()>,
+    /// Serializes passive mark-downs against the ejection cap.
+    ejections: Mutex<()>,
     lookups: Lookups,
     metrics: Arc<Metrics>,
     /// The last `MOVES_KEPT` moves made here, newest first (status page).
@@ -110,6 +114,7 @@ impl PoolRt {
             name: cfg.name.clone(),
             view: ArcSwap::from_pointee(View::build(Arc::new(cfg), backends, notifier)),
             writer: Mutex::new(()),
+            ejections: Mutex::new(()),
             moves: Mutex::new(VecDeque::with_capacity(MOVES_KEPT)),
             store,
             lookups,
@@ -140,9 +145,16 @@ impl PoolRt {
         self.update(|v| View::build(v.cfg.clone(), v.backends.clone(), v.notifier.clone()));
     }
 
-    /// Apply a health transition (active check or passive failures).
+    /// Apply a health transition (active checks; passive failures go through
+    /// `passive_failure`, which caps them).
     pub fn mark_health(&self, b: &Arc<BackendRt>, h: Health, cause: &'static str) {
         let old = b.set_health(h);
+        self.health_changed(b, old, h, cause);
+    }
+
+    /// What follows a backend's move from `old` to `h`: the ring, and with
+    /// `migrate` the live connections of a backend gone down.
+    fn health_changed(&self, b: &Arc<BackendRt>, old: Health, h: Health, cause: &'static str) {
         if old == h {
             return;
         }
@@ -219,27 +231,6 @@ impl PoolRt {
         let v = self.view();
         let b = v.pick_excluding(&*self.store, key_hash, tried, bounded)?;
         Some((v.index_of(&b)?, b))
-    }
-
-    /// A failure backend `b` caused (connect refused or timed out; a reset, or
-    /// no response head in time, once the request was sent): `fall` of them in
-    /// a row mark it down.
-    pub fn passive_failure(&self, b: &Arc<BackendRt>, why: &'static str) {
-        if self.passive_enabled() && b.passive_failure(self.cfg().health.fall) {
-            self.mark_health(b, Health::Down, why);
-        }
-    }
-
-    /// Do request outcomes count towards marking backends down? (Without active
-    /// checks nothing would bring a passively downed backend back.)
-    pub fn passive_enabled(&self) -> bool {
-        let v = self.view();
-        v.cfg.health.passive.enabled && !matches!(v.cfg.health.kind, config::HealthKind::None)
-    }
-
-    /// Do 5xx answers count as passive failures?
-    pub fn passive_5xx(&self) -> bool {
-        self.passive_enabled() && self.view().cfg.health.passive.on_5xx
     }
 
     pub fn backend(&self, id: &str) -> Option<Arc<BackendRt>> {

@@ -13,6 +13,7 @@ use super::Job;
 use crate::backend::BackendRt;
 use crate::config::Pool;
 use crate::h1::response::{Head, HeadError, MAX_HEAD};
+use crate::pool::{self, Fault};
 use crate::tls::client::{self, ConnectError, Upstream};
 
 /// Other backends tried after a failed one, as for any request.
@@ -53,15 +54,17 @@ impl Failure {
         }
     }
 
-    /// Did the backend cause it (passive health)? A refused or timed-out
-    /// connect, a reset or no answer once the whole request was sent.
-    fn backend_caused(&self) -> Option<&'static str> {
-        match self {
-            Failure::Connect(_) => Some("connect failed"),
-            Failure::Lost(_) => Some("failed before answering"),
-            Failure::Silent(_) => Some("no response head in time"),
-            _ => None,
-        }
+    /// As passive health sees it (`pool::passive` decides what counts). The
+    /// upgrade request is a head alone, in tether's hands before it connects,
+    /// so it is always complete: a reset or silence is the backend's.
+    fn passive(&self) -> pool::Failure {
+        let fault = match self {
+            Failure::Connect(_) => Fault::Connect,
+            Failure::Lost(_) => Fault::Reset,
+            Failure::Silent(_) => Fault::Silent,
+            Failure::Unresolved | Failure::Invalid(_) => Fault::Other,
+        };
+        pool::Failure::new(fault, true)
     }
 
     /// May the request go to another backend? Nothing reached the
@@ -98,9 +101,7 @@ pub(super) async fn exchange(job: &Job) -> Result<Exchange, Failure> {
             Err(f) => f,
         };
         tracing::debug!(pool = %pool.name, backend = %b.id, error = %fail, "websocket upgrade attempt failed");
-        if let Some(why) = fail.backend_caused() {
-            pool.passive_failure(&b, why);
-        }
+        pool.passive_failure(&b, fail.passive());
         if !fail.retryable() {
             return Err(fail);
         }
