@@ -6,4 +6,5 @@
 //! ordinary response).
 
 pub mod chunked;
+pub mod request;
 pub mod response;
