@@ -66,6 +66,11 @@ pub enum CloseReason {
     Shutdown = 2,
 }
 
+/// The registry's tag for a session key (0: none). Never 0 for a key.
+pub fn session_tag(key: Option<&str>) -> u64 {
+    key.map_or(0, |k| crate::affinity::hash::hash_key(k.as_bytes()) | 1)
+}
+
 /// The tunnel's monotonic clock as a tokio instant (the inverse of [`mono_ms`]).
 pub fn mono_instant(ms: u64) -> tokio::time::Instant {
     static START: OnceLock<(u64, tokio::time::Instant)> = OnceLock::new();
@@ -85,6 +90,9 @@ pub struct TunnelCtl {
     waker: AtomicWaker,
     /// 0 while open, else a `CloseReason`.
     reason: AtomicU8,
+    /// The hash of the session key the tunnel serves (0: none), so a
+    /// session's connections can be found when its owner changes elsewhere.
+    session: u64,
 }
 
 impl TunnelCtl {
@@ -372,10 +380,14 @@ impl BackendRt {
             .unwrap_or_default()
     }
 
-    /// Register a live tunnel; it leaves the registry when the guard drops.
-    pub fn register_tunnel(self: &Arc<Self>) -> TunnelGuard {
+    /// Register a live tunnel of the session whose key hashes to `session`
+    /// (0: none); it leaves the registry when the guard drops.
+    pub fn register_tunnel(self: &Arc<Self>, session: u64) -> TunnelGuard {
         let id = self.next_tunnel.fetch_add(1, Ordering::Relaxed);
-        let ctl = Arc::new(TunnelCtl::default());
+        let ctl = Arc::new(TunnelCtl {
+            session,
+            ..TunnelCtl::default()
+        });
         if let Ok(mut t) = self.tunnels.lock() {
             t.insert(id, ctl.clone());
         }
@@ -388,6 +400,23 @@ impl BackendRt {
 
     pub fn live_tunnels(&self) -> usize {
         self.tunnels.lock().map(|t| t.len()).unwrap_or(0)
+    }
+
+    /// Close the live tunnels of one session (its key's hash): its owner
+    /// changed and they are on the wrong backend. Returns how many.
+    pub fn close_tunnels_of(&self, session: u64, why: CloseReason) -> usize {
+        if session == 0 {
+            return 0;
+        }
+        let Ok(t) = self.tunnels.lock() else {
+            return 0;
+        };
+        let mut n = 0;
+        for ctl in t.values().filter(|c| c.session == session) {
+            ctl.close(why);
+            n += 1;
+        }
+        n
     }
 
     /// Close every live tunnel, spread evenly over `spread` (zero: all at once).

@@ -210,7 +210,9 @@ async fn connect_refused_lands_on_another_live_backend() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_addr = dead.local_addr().unwrap();
     drop(dead);
-    // No health checks: the dead backend stays "up" and keeps its pins (rule 5: no re-pin).
+    // No health checks: the dead backend stays "up". A connection refused there
+    // lands on the re-pin's choice, and its session follows it (unlike a
+    // request's retry, rule 5): the store says where the connection lives.
     let pool = format!("    backends:\n      - {{ id: b1, addr: \"{}\" }}\n      - {{ id: gone, addr: \"{dead_addr}\" }}\n", b[0].addr);
     let yaml = format!(
         "admin: {{ listen: \"127.0.0.1:0\" }}\npools:\n  app:\n{pool}listeners:\n{}",
@@ -220,15 +222,20 @@ async fn connect_refused_lands_on_another_live_backend() {
     let clients: Vec<IpAddr> = (1..=40).map(|i| lo(5, 0, i)).collect();
     let ids = owners(&clients, t.addr("tcp")).await;
     assert!(ids.iter().all(|id| id == "b1"), "{ids:?}");
-    let mut pinned_to_gone = 0;
     for c in &clients {
-        if owner(&t, &c.to_string()).await.as_deref() == Some("gone") {
-            pinned_to_gone += 1;
-        }
+        assert_eq!(
+            owner(&t, &c.to_string()).await.as_deref(),
+            Some("b1"),
+            "{c}"
+        );
     }
+    let moved = metric(
+        &metrics(&t).await,
+        "tether_session_moves_total{from=\"gone\",pool=\"app\",reason=\"down\",to=\"b1\"}",
+    );
     assert!(
-        pinned_to_gone > 0,
-        "some keys hash to the dead backend and stay pinned there"
+        moved > 0.0,
+        "some keys hashed to the dead backend and moved with their connection"
     );
 }
 

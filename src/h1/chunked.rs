@@ -83,6 +83,16 @@ impl Chunked {
     /// after the first `k` bytes of `data` (the rest belongs to what follows
     /// it); `Ok(None)`: all of `data` is body and more is to come.
     pub fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, ChunkError> {
+        self.feed_with(data, |_| {})
+    }
+
+    /// [`Self::feed`], handing every piece of chunk data to `payload` (to
+    /// relay a body without its chunked framing).
+    pub fn feed_with(
+        &mut self,
+        data: &[u8],
+        mut payload: impl FnMut(&[u8]),
+    ) -> Result<Option<usize>, ChunkError> {
         let mut i = 0;
         while i < data.len() {
             if self.state == State::Done {
@@ -90,6 +100,7 @@ impl Chunked {
             }
             if self.state == State::Data {
                 let take = self.size.min((data.len() - i) as u64);
+                payload(&data[i..i + take as usize]);
                 self.size -= take;
                 self.payload += take;
                 i += take as usize;

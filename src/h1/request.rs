@@ -180,7 +180,11 @@ pub fn parse(buf: &[u8], req: &mut Request) -> Result<bool, ReqError> {
             cl = Some(value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te_seen = true;
-            for c in value.split(|&b| b == b',').map(trim).filter(|c| !c.is_empty()) {
+            for c in value
+                .split(|&b| b == b',')
+                .map(trim)
+                .filter(|c| !c.is_empty())
+            {
                 te_last = Some(c);
             }
         } else if name.eq_ignore_ascii_case(b"host") {
@@ -260,7 +264,8 @@ fn has_bare_lf(head: &[u8]) -> bool {
 
 /// `http://authority/path` or `https://...`: the authority.
 pub fn absolute_authority(target: &[u8]) -> Option<&[u8]> {
-    let rest = strip_prefix_ci(target, b"http://").or_else(|| strip_prefix_ci(target, b"https://"))?;
+    let rest =
+        strip_prefix_ci(target, b"http://").or_else(|| strip_prefix_ci(target, b"https://"))?;
     let end = rest
         .iter()
         .position(|&b| b == b'/' || b == b'?')
@@ -273,8 +278,14 @@ fn strip_prefix_ci<'a>(s: &'a [u8], p: &[u8]) -> Option<&'a [u8]> {
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |e| e + 1);
+    let start = v
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
     &v[start..end]
 }
 
@@ -296,7 +307,10 @@ mod tests {
     #[test]
     fn framing_and_connection() {
         let r = ok("POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello");
-        assert_eq!((r.body, r.keep_alive, r.method), (Some(Body::Length(5)), true, Method::Post));
+        assert_eq!(
+            (r.body, r.keep_alive, r.method),
+            (Some(Body::Length(5)), true, Method::Post)
+        );
         assert_eq!(r.len, 48);
         let r = ok("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
         assert_eq!(r.body, Some(Body::Chunked));
@@ -307,7 +321,10 @@ mod tests {
         let ws = ok("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n\r\n");
         assert!(ws.websocket);
         assert!(!ok("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n").websocket);
-        assert!(ok("PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n").expect_continue);
+        assert!(
+            ok("PUT / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+                .expect_continue
+        );
         let mut r = Request::default();
         assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n", &mut r), Ok(false));
     }

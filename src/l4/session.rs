@@ -159,10 +159,14 @@ async fn open(mut tcp: TcpStream, addr: ClientAddr, l: &ListenerRt) -> Option<Re
         Some(v) => proxy_proto::encode(v, addr.src, local.unwrap_or(l.cfg.bind)),
         None => Vec::new(),
     };
+    let pinned = backend.clone();
     let Some((backend, upstream)) = connect(l, backend, key_hash, &header).await else {
         tracing::debug!(listener = %l.cfg.name, client = %addr.src, "no backend could be reached: closed");
         return None;
     };
+    if let (Some(k), false) = (&key, Arc::ptr_eq(&pinned, &backend)) {
+        l.pool.follow_connection(k, &pinned, &backend).await;
+    }
     Some(Ready {
         client,
         upstream,
@@ -193,7 +197,7 @@ impl Ready {
         let _active = Active::new(&backend);
         // Registered with the backend it is actually connected to: a later
         // mark-down of the one that refused does not close it again.
-        let reg = backend.register_tunnel();
+        let reg = backend.register_tunnel(crate::backend::session_tag(key.as_deref()));
         let started = std::time::Instant::now();
         let p = Params {
             mode: Mode::Raw,

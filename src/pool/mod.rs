@@ -211,6 +211,41 @@ impl PoolRt {
         });
     }
 
+    /// Close this instance's connections of a session whenever its owner
+    /// changes under it (another instance moved it; Redis overrode an outage
+    /// decision): they follow the old owner, so the client reconnects to the
+    /// new one, and every instance agrees where the session lives.
+    pub fn watch_owners(self: &Arc<Self>) {
+        let pool = Arc::downgrade(self);
+        self.store.on_owner_change(Box::new(move |key, old| {
+            let Some(p) = pool.upgrade() else { return };
+            let Some(b) = p.backend(old) else { return };
+            let n = b.close_tunnels_of(crate::backend::session_tag(Some(key)), CloseReason::Moved);
+            if n > 0 {
+                tracing::info!(pool = %p.name, backend = %b.id, session = %key_hash(key), connections = n,
+                    "session moved elsewhere: closing its connections here");
+            }
+        }));
+    }
+
+    /// A long-lived connection of session `key`, pinned to `from`, was
+    /// refused there and connected to `to` instead, the re-pin's own choice:
+    /// move the session now, so the store (and every instance) agrees with
+    /// where its connection lives, even if `from` comes back before anything
+    /// marks it down. Requests do not do this (rule 5): they end at once.
+    pub async fn follow_connection(&self, key: &str, from: &Arc<BackendRt>, to: &Arc<BackendRt>) {
+        let Some(hit) = self.store.lookup(key) else {
+            return;
+        };
+        // A provisional session belongs to the hash on every instance anyway.
+        if hit.provisional || *hit.backend != *from.id {
+            return;
+        }
+        if let Err(e) = self.relocate(key, hit, to.clone(), MoveReason::Down).await {
+            tracing::warn!(pool = %self.name, error = %e, "recording a connection's new backend");
+        }
+    }
+
     /// Undo a drain: back in rotation.
     pub fn enable(&self, b: &BackendRt) {
         b.stop_drain();

@@ -34,6 +34,7 @@ impl PoolEntry {
             store.pool(&cfg.name),
             metrics.clone(),
         ));
+        rt.watch_owners();
         crate::resolve::resolve_now(&rt, metrics).await;
         crate::health::first_round(&rt, metrics).await;
         PoolEntry {

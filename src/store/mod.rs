@@ -314,4 +314,16 @@ pub trait PoolStore: Send + Sync + 'static {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Call `f(key, old_owner)` whenever the owner of a session with live
+    /// connections here changes under this instance (another instance moved
+    /// it, or Redis overrode a decision made during an outage): those
+    /// connections are on the wrong backend now. Stores whose owners change
+    /// only through this instance's own calls need not call it.
+    fn on_owner_change(&self, f: OwnerChanged) {
+        let _ = f;
+    }
 }
+
+/// See [`PoolStore::on_owner_change`].
+pub type OwnerChanged = Box<dyn Fn(&str, &str) + Send + Sync>;

@@ -237,6 +237,15 @@ async fn handshake_on<C: Side>(
         return None;
     }
     job.accept = String::new();
+    if !Arc::ptr_eq(&backend, &job.backend) {
+        // Retried elsewhere: the session follows its connection (see `follow_connection`).
+        if let Some(k) = job.key.as_ref().and_then(|k| k.to_str().ok()) {
+            job.l
+                .pool
+                .follow_connection(k, &job.backend, &backend)
+                .await;
+        }
+    }
     let answer = answer_101(&head, job.set_cookie.take());
     if client.write_all(&answer).await.is_err() || client.flush().await.is_err() {
         return None;
@@ -267,7 +276,9 @@ impl Tunnel {
         // Registered with the backend it is connected to, which a retry may
         // have changed: that backend's mark-down or drain closes it, not the
         // one that refused.
-        let reg = backend.register_tunnel();
+        let reg = backend.register_tunnel(crate::backend::session_tag(
+            job.key.as_ref().and_then(|k| k.to_str().ok()),
+        ));
         let p = Params {
             mode: Mode::WebSocket,
             idle: l.cfg.timeouts.idle,

@@ -184,6 +184,8 @@ pub(super) struct PoolCache {
     budget: Arc<Budget>,
     me: Weak<PoolCache>,
     pub(super) prov: Arc<ProvPool>,
+    /// Told when a session with live connections changes owner under us.
+    pub(super) on_moved: std::sync::OnceLock<crate::store::OwnerChanged>,
 }
 
 impl Evict for PoolCache {
@@ -220,6 +222,7 @@ impl PoolCache {
             budget: budget.clone(),
             me: me.clone(),
             prov: ProvPool::new(&budget.prov),
+            on_moved: std::sync::OnceLock::new(),
         })
     }
 
@@ -264,7 +267,7 @@ impl PoolCache {
     /// afterwards (`None` only for [`Apply::IfCached`] on a key not cached).
     pub(super) fn apply(&self, key: &str, ver: u64, s: &Session, how: Apply) -> Option<Hit> {
         if let Some(entry) = self.map.get_mut(key) {
-            self.replace(&entry, ver, s, how);
+            self.replace(key, &entry, ver, s, how);
             return Some(entry.hit());
         }
         if how == Apply::IfCached {
@@ -273,7 +276,7 @@ impl PoolCache {
         let key: Arc<str> = key.into();
         let hit = match self.map.entry(key.clone()) {
             Slot::Occupied(slot) => {
-                self.replace(slot.get(), ver, s, how);
+                self.replace(&key, slot.get(), ver, s, how);
                 return Some(slot.get().hit());
             }
             Slot::Vacant(slot) => {
@@ -289,7 +292,7 @@ impl PoolCache {
     }
 
     /// Swap in `s` if it wins over the cached record; called under the shard lock.
-    fn replace(&self, entry: &Entry, ver: u64, s: &Session, how: Apply) {
+    fn replace(&self, key: &str, entry: &Entry, ver: u64, s: &Session, how: Apply) {
         let old = entry.record.load();
         if !(how == Apply::Force || old.local || ver > old.ver) {
             return;
@@ -297,6 +300,12 @@ impl PoolCache {
         if old.backend != s.backend {
             self.count(&old.backend, false);
             self.count(&s.backend, true);
+            // Connections of this session follow the old owner: they must move too.
+            if entry.meta.live() > 0 {
+                if let Some(f) = self.on_moved.get() {
+                    f(key, &old.backend);
+                }
+            }
         }
         entry.record.store(Arc::new(Record::new(s, ver, false)));
         entry.last_seen.fetch_max(s.last_seen, Relaxed);

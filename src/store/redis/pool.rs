@@ -222,6 +222,10 @@ impl PoolStore for RedisPool {
     fn provisional_len(&self) -> usize {
         self.cache.prov.len()
     }
+
+    fn on_owner_change(&self, f: crate::store::OwnerChanged) {
+        let _ = self.cache.on_moved.set(f);
+    }
 }
 
 impl RedisPool {
