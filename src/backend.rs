@@ -147,6 +147,8 @@ pub struct BackendRt {
     pub upstream_active: IntGauge,
     up_gauge: IntGauge,
     tunnels: Mutex<HashMap<u64, Arc<TunnelCtl>>>,
+    /// Idle kept-alive connections of tether's HTTP/1.1 path.
+    pub conns: crate::l7::h1::pool::IdlePool,
     next_tunnel: AtomicU64,
     /// The last `CHECKS_KEPT` active check results, oldest first (status page).
     checks: Mutex<VecDeque<CheckRecord>>,
@@ -187,6 +189,7 @@ impl BackendRt {
             upstream_active,
             up_gauge,
             tunnels: Mutex::new(HashMap::new()),
+            conns: Default::default(),
             next_tunnel: AtomicU64::new(1),
             checks: Mutex::new(VecDeque::with_capacity(CHECKS_KEPT)),
         }

@@ -477,7 +477,7 @@ listeners:
         shown.starts_with("test.yaml:1:18: admin.listen: `127.0.0.1` has no port"),
         "{shown}"
     );
-    assert!(shown.ends_with("test.yaml:10:5: listeners[0].colour: unknown field `colour`, expected one of `name`, `bind`, `protocol`, `pool`, `max_connections`, `max_header_bytes`, `backlog`, `timeouts`, `proxy_protocol`, `tls`, `h2c`, `access_log`, `affinity` (see docs/config.md for every key)"), "{shown}");
+    assert!(shown.ends_with("test.yaml:10:5: listeners[0].colour: unknown field `colour`, expected one of `name`, `bind`, `protocol`, `pool`, `max_connections`, `max_header_bytes`, `backlog`, `timeouts`, `proxy_protocol`, `tls`, `h2c`, `http1_engine`, `access_log`, `affinity` (see docs/config.md for every key)"), "{shown}");
 }
 
 #[test]

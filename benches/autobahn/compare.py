@@ -11,19 +11,31 @@ echo server reached directly (agent `direct`) with the outcome through tether
 (autobahn's verdicts on the exchanged messages and on the closing handshake, and
 the close codes sent by the server and by the fuzzing client).
 
-With --recheck DIR (a second fuzzing run over the differing cases only, with
-agents direct_r1..direct_rN and tether_r1..tether_rN, all against the same two
-servers), each differing case gets a verdict:
+With --reference AGENT (say `haproxy`: the same server behind another proxy),
+that agent's outcomes are shown beside tether's, and the cases where it differs
+from direct are counted: a baseline of what any proxy in the path changes.
 
-    timing-dependent  the direct server itself ends the case in more than one
-                      way, and every outcome seen through tether was also seen
-                      direct: the difference is a race, not something tether did
-    differs           tether produced an outcome never seen direct
-    not rechecked     no recheck run
+Each differing case gets a verdict:
 
-Exit status: 0 no case differs (timing-dependent ones excepted, unless --strict),
-1 some case differs, 2 the reports are unusable (missing, an agent or a case
-absent). Standard library only.
+    race      the suite's own expectation for the case accepts both outcomes: OK
+              with the echo of the message sent before an invalid frame, and
+              NON-STRICT without it (the server fails the connection by dropping
+              it, and an echo still queued in the same read is lost; whether it is
+              depends on how TCP segments reach the server, which no proxy keeps),
+              and the two outcomes differ in nothing else
+    timing-dependent  (needs --recheck) the direct server itself ends the case in
+              more than one way, and every outcome seen through tether was also
+              seen direct
+    differs   anything else: tether changed how the case ends
+    not rechecked  differs, and no --recheck run was given to tell
+
+--recheck DIR is a second fuzzing run over the differing cases only, with agents
+direct_r1..direct_rN and tether_r1..tether_rN (and REFERENCE_rN if a reference
+is given), all against the same servers.
+
+Exit status: 0 no case differs (races and timing-dependent ones excepted, unless
+--strict), 1 some case differs, 2 the reports are unusable (missing, an agent or
+a case absent). Standard library only.
 """
 
 import argparse
@@ -46,6 +58,16 @@ def fmt(outcome):
     return "%s/%s close %s/%s" % (b, bc, "-" if rc is None else rc, "-" if lc is None else lc)
 
 
+def suite_allows_race(case, ob, op):
+    """The case's expectation takes both OK (echo received) and NON-STRICT (echo lost
+    as the server fails the connection), and the outcomes differ only that way."""
+    e = case.get("expected") or {}
+    ok, ns = e.get("OK"), e.get("NON-STRICT")
+    if not isinstance(ok, list) or not isinstance(ns, list) or len(ns) >= len(ok) or ok[:len(ns)] != ns:
+        return False
+    return {ob[0], op[0]} == {"OK", "NON-STRICT"} and ob[1:] == op[1:]
+
+
 def strip_html(text):
     return " ".join(re.sub(r"<[^>]*>", "", text or "").split())
 
@@ -55,16 +77,21 @@ class Broken(Exception):
 
 
 class Report:
-    """One reports/servers directory of the fuzzing client."""
+    """The fuzzing client's reports/servers directories (one per chunk of cases), merged."""
 
-    def __init__(self, directory):
-        self.dir = directory
-        path = os.path.join(directory, "index.json")
-        try:
-            with open(path) as f:
-                self.index = json.load(f)
-        except (OSError, ValueError) as e:
-            raise Broken("cannot read %s: %s" % (path, e))
+    def __init__(self, directories):
+        self.dirs = directories
+        self.index = {}  # agent -> case id -> index entry (+ "_dir": where its files are)
+        for directory in directories:
+            path = os.path.join(directory, "index.json")
+            try:
+                with open(path) as f:
+                    index = json.load(f)
+            except (OSError, ValueError) as e:
+                raise Broken("cannot read %s: %s" % (path, e))
+            for agent, cases in index.items():
+                for cid, entry in cases.items():
+                    self.index.setdefault(agent, {})[cid] = dict(entry, _dir=directory)
         self._cases = {}
 
     def agents(self):
@@ -76,7 +103,7 @@ class Report:
         if k not in self._cases:
             entry = self.index[agent][case_id]
             try:
-                with open(os.path.join(self.dir, entry["reportfile"])) as f:
+                with open(os.path.join(entry["_dir"], entry["reportfile"])) as f:
                     self._cases[k] = json.load(f)
             except (OSError, ValueError, KeyError):
                 self._cases[k] = {}
@@ -113,19 +140,21 @@ class Report:
             "octets_sent": octets(c.get("txOctetStats")),
             "octets_received": octets(c.get("rxOctetStats")),
             "duration_ms": entry.get("duration"),
-            "report_html": os.path.join(self.dir, re.sub(r"\.json$", ".html", entry.get("reportfile", ""))),
+            "report_html": os.path.join(entry["_dir"], re.sub(r"\.json$", ".html", entry.get("reportfile", ""))),
         }
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--report", required=True, help="the fuzzing client's reports/servers directory")
+    ap.add_argument("--report", required=True, action="append",
+                    help="the fuzzing client's reports/servers directory (repeat for several chunks)")
     ap.add_argument("--base", default="direct", help="agent of the direct run (default: direct)")
     ap.add_argument("--proxy", default="tether", help="agent through the proxy (default: tether)")
+    ap.add_argument("--reference", help="another proxy's agent, shown beside PROXY (e.g. haproxy)")
     ap.add_argument("--recheck", help="reports/servers directory of the recheck run (agents BASE_rN, PROXY_rN)")
     ap.add_argument("--json", help="write the comparison here")
     ap.add_argument("--ids", help="write the differing case ids here, one per line")
-    ap.add_argument("--strict", action="store_true", help="timing-dependent cases count as differing too")
+    ap.add_argument("--strict", action="store_true", help="race and timing-dependent cases count as differing too")
     args = ap.parse_args()
 
     try:
@@ -148,31 +177,37 @@ def main():
 
 def compare(args):
     rep = Report(args.report)
-    base, proxy = args.base, args.proxy
-    for agent in (base, proxy):
+    where = " ".join(args.report)
+    base, proxy, ref = args.base, args.proxy, args.reference
+    for agent in (base, proxy) + ((ref,) if ref else ()):
         if agent not in rep.index:
-            raise Broken("agent %r not in %s/index.json (agents: %s)" % (agent, args.report, ", ".join(rep.agents())))
+            raise Broken("agent %r not in %s (agents: %s)" % (agent, where, ", ".join(rep.agents())))
     ids_base, ids_proxy = set(rep.index[base]), set(rep.index[proxy])
     missing = {base: sorted(ids_proxy - ids_base, key=case_key), proxy: sorted(ids_base - ids_proxy, key=case_key)}
     ids = sorted(ids_base & ids_proxy, key=case_key)
     if not ids:
         raise Broken("no case has results for both %s and %s" % (base, proxy))
 
-    recheck = Report(args.recheck) if args.recheck else None
-    rb = rp = []
+    recheck = Report([args.recheck]) if args.recheck else None
+    shown = (base, proxy) + ((ref,) if ref else ())
+    rechecked = {}  # agent -> its recheck agents
     if recheck:
-        rb = [a for a in recheck.agents() if re.fullmatch(re.escape(base) + r"_r\d+", a)]
-        rp = [a for a in recheck.agents() if re.fullmatch(re.escape(proxy) + r"_r\d+", a)]
-        if not rb or not rp:
-            raise Broken("recheck %s has no %s_rN or %s_rN agents (agents: %s)"
-                         % (args.recheck, base, proxy, ", ".join(recheck.agents())))
+        for agent in shown:
+            rechecked[agent] = [a for a in recheck.agents() if re.fullmatch(re.escape(agent) + r"_r\d+", a)]
+            if not rechecked[agent]:
+                raise Broken("recheck %s has no %s_rN agents (agents: %s)"
+                             % (args.recheck, agent, ", ".join(recheck.agents())))
 
-    tally = {base: collections.Counter(), proxy: collections.Counter()}
+    tally = {a: collections.Counter() for a in shown}
     differing = []
+    ref_differ = []
     for cid in ids:
         ob, op = rep.outcome(base, cid), rep.outcome(proxy, cid)
-        tally[base]["%s/%s" % ob[:2]] += 1
-        tally[proxy]["%s/%s" % op[:2]] += 1
+        for agent in shown:
+            if cid in rep.index[agent]:
+                tally[agent]["%s/%s" % rep.outcome(agent, cid)[:2]] += 1
+        if ref and cid in rep.index[ref] and rep.outcome(ref, cid) != ob:
+            ref_differ.append(cid)
         if ob == op:
             continue
         d = {
@@ -183,50 +218,59 @@ def compare(args):
             proxy: rep.details(proxy, cid),
             "verdict": "not rechecked",
         }
+        if ref and cid in rep.index[ref]:
+            d[ref] = rep.details(ref, cid)
         if recheck:
-            seen_b = collections.Counter([fmt(ob)])
-            seen_p = collections.Counter([fmt(op)])
-            absent = 0
-            for agents, seen in ((rb, seen_b), (rp, seen_p)):
-                for a in agents:
-                    if cid in recheck.index.get(a, {}):
-                        seen[fmt(recheck.outcome(a, cid))] += 1
-                    else:
-                        absent += 1
-            if absent:
-                raise Broken("case %s missing from %d agent(s) of the recheck" % (cid, absent))
-            d["recheck"] = {base: dict(seen_b), proxy: dict(seen_p)}
+            seen = {}
+            for agent in shown:
+                seen[agent] = collections.Counter()
+                if cid in rep.index[agent]:
+                    seen[agent][fmt(rep.outcome(agent, cid))] += 1
+                for a in rechecked[agent]:
+                    if cid not in recheck.index[a]:
+                        raise Broken("case %s missing from agent %s of the recheck" % (cid, a))
+                    seen[agent][fmt(recheck.outcome(a, cid))] += 1
+            d["recheck"] = {a: dict(c) for a, c in seen.items()}
+            seen_b, seen_p = seen[base], seen[proxy]
             if len(seen_b) > 1 and set(seen_p) <= set(seen_b):
                 d["verdict"] = "timing-dependent"
             else:
                 d["verdict"] = "differs"
+        if suite_allows_race(rep.case(base, cid), ob, op):
+            d["verdict"] = "race"
         differing.append(d)
 
-    timing = [d for d in differing if d["verdict"] == "timing-dependent"]
-    real = [d for d in differing if d["verdict"] != "timing-dependent"]
+    verdicts = collections.Counter(d["verdict"] for d in differing)
+    excused = ("race", "timing-dependent")
+    real = [d for d in differing if d["verdict"] not in excused]
     counted = differing if args.strict else real
 
     # --- the report a person reads ----------------------------------------------------
     print("%d cases, %d differ (%s vs %s: behavior/behaviorClose close remote/local)"
           % (len(ids), len(differing), base, proxy))
-    for agent in (base, proxy):
+    for agent in shown:
         print("  %-8s %s" % (agent, ", ".join("%s %d" % kv for kv in sorted(tally[agent].items()))))
+    if ref:
+        print("reference: %d cases end differently through %s than %s%s"
+              % (len(ref_differ), ref, base, (": " + " ".join(ref_differ)) if ref_differ else ""))
     if recheck:
-        print("recheck: each differing case run again %d times direct and %d times through %s"
-              % (len(rb), len(rp), proxy))
-        print("  %d timing-dependent (the direct server ends them in several ways, %s added none),"
-              " %d differ" % (len(timing), proxy, len(real)))
+        print("recheck: each differing case run again %d times each way (%s)"
+              % (len(rechecked[base]), ", ".join(shown)))
+    if differing:
+        print("verdicts: %s; %d count as differing%s" % (
+            ", ".join("%s %d" % kv for kv in sorted(verdicts.items())), len(counted),
+            " (--strict: all)" if args.strict else " (race and timing-dependent ones do not; STRICT=1 counts them)"))
     for d in differing:
         b, p = d[base], d[proxy]
         print("")
         print("%s  [%s]  %s" % (d["id"], d["verdict"], d["description"]))
-        for agent, x in ((base, b), (proxy, p)):
-            print("  %-7s %s; %s; %s; clean=%s%s; received %s"
+        for agent, x in [(a, d[a]) for a in shown if a in d]:
+            print("  %-8s %s; %s; %s; clean=%s%s; received %s"
                   % (agent, x["outcome"], x["result"], x["resultClose"], x["wasClean"],
                      " (%s)" % x["wasNotCleanReason"] if x["wasNotCleanReason"] else "", x["received"]))
         if "recheck" in d:
-            for agent in (base, proxy):
-                print("  %-7s all runs: %s" % (agent, ", ".join(
+            for agent in shown:
+                print("  %-8s all runs: %s" % (agent, ", ".join(
                     "%dx %s" % (n, o) for o, n in sorted(d["recheck"][agent].items(), key=lambda kv: -kv[1]))))
         print("  reports: %s" % p["report_html"])
     for agent, ms in missing.items():
@@ -239,13 +283,14 @@ def compare(args):
         "fields": list(FIELDS),
         "cases": len(ids),
         "differ": len(differing),
-        "timing_dependent": len(timing),
-        "differ_for_real": len(real) if recheck else None,
+        "verdicts": dict(verdicts),
+        "counted": [d["id"] for d in counted],
+        "reference": {"agent": ref, "differ": ref_differ} if ref else None,
         "strict": args.strict,
         "tally": {a: dict(t) for a, t in tally.items()},
         "missing": missing,
         "differing": differing,
-        "report": os.path.abspath(args.report),
+        "report": [os.path.abspath(d) for d in args.report],
         "recheck": os.path.abspath(args.recheck) if recheck else None,
     }
     if any(missing.values()):

@@ -13,24 +13,30 @@ use crate::config::IpMask;
 
 pub const MAX_KEY_LEN: usize = 256;
 
-fn usable(v: &str) -> Option<&str> {
+pub fn usable(v: &str) -> Option<&str> {
     (!v.is_empty() && v.len() <= MAX_KEY_LEN).then_some(v)
 }
 
 /// The value of cookie `name` from any `Cookie` header.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    for h in headers.get_all(COOKIE) {
-        let Ok(line) = h.to_str() else { continue };
-        for pair in line.split(';') {
-            let pair = pair.trim_start_matches(' ');
-            if let Some(v) = pair.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
-                let v = v.trim_end_matches(' ');
-                let v = v
-                    .strip_prefix('"')
-                    .and_then(|v| v.strip_suffix('"'))
-                    .unwrap_or(v);
-                return usable(v);
-            }
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|h| h.to_str().ok())
+        .find_map(|line| cookie_in_line(line, name))
+}
+
+/// The value of cookie `name` in one `Cookie` header line.
+pub fn cookie_in_line<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    for pair in line.split(';') {
+        let pair = pair.trim_start_matches(' ');
+        if let Some(v) = pair.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+            let v = v.trim_end_matches(' ');
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            return usable(v);
         }
     }
     None

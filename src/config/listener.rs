@@ -107,6 +107,10 @@ pub(crate) fn listener(
             proxy_protocol,
             tls,
             h2c,
+            http1_engine: match raw.http1_engine {
+                Some(RawHttp1Engine::Pingora) => Http1Engine::Pingora,
+                _ => Http1Engine::Tether,
+            },
             access_log: raw.access_log.unwrap_or(false),
             affinity: Affinity { key, fallback },
         }),

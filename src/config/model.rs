@@ -412,9 +412,20 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     /// Plain http listeners: serve HTTP/2 to clients that start with its preface.
     pub h2c: bool,
+    /// Who serves HTTP/1.1 clients (HTTP/2 is always pingora's).
+    pub http1_engine: Http1Engine,
     /// One log line per request (http, https) or connection (tcp, tls), target `tether::access`.
     pub access_log: bool,
     pub affinity: Affinity,
+}
+
+/// The implementation that serves a listener's HTTP/1.1 clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http1Engine {
+    /// tether's own lean path (the default).
+    Tether,
+    /// pingora's proxy loop: the reference implementation, kept for comparison.
+    Pingora,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -384,6 +384,7 @@ pub(crate) struct RawListener {
     pub proxy_protocol: Option<RawProxyProtocol>,
     pub tls: Option<RawListenerTls>,
     pub h2c: Option<bool>,
+    pub http1_engine: Option<RawHttp1Engine>,
     pub access_log: Option<bool>,
     pub affinity: RawAffinity,
 }
@@ -419,6 +420,13 @@ pub(crate) enum RawAlpn {
     H2,
     #[serde(rename = "http/1.1")]
     Http11,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawHttp1Engine {
+    Tether,
+    Pingora,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

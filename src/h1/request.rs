@@ -95,6 +95,21 @@ impl Method {
         }
     }
 
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+            Method::Connect => "CONNECT",
+            Method::Trace => "TRACE",
+            Method::Patch => "PATCH",
+            Method::Other => "OTHER",
+        }
+    }
+
     /// RFC 9110 9.2.2: safe to send again after a connection died under it.
     pub fn is_idempotent(self) -> bool {
         matches!(

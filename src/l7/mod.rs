@@ -6,6 +6,8 @@
 //! routing decision for the [`listener::ListenerRt`].
 
 pub mod conn;
+mod decide;
+pub mod h1;
 mod hygiene;
 pub mod listener;
 pub mod router;

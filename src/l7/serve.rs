@@ -30,6 +30,7 @@ use super::conn::{ConnInfo, ConnStream, HeaderLimits};
 use super::listener::ListenerRt;
 use super::router::Router;
 use super::socket::ClientSocket;
+use crate::config::Http1Engine;
 use crate::tls::TlsConn;
 
 /// HTTP/2 bounds per connection. Streams in flight at once; and the
@@ -89,7 +90,7 @@ pub fn pingora_stream(tcp: TcpStream, peer: SocketAddr) -> L4Stream {
 pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
-    l: &ListenerRt,
+    l: &Arc<ListenerRt>,
     proxy: &Arc<HttpProxy<Router>>,
     stop: &ShutdownWatch,
 ) {
@@ -102,7 +103,7 @@ pub async fn serve(
 async fn requests_of(
     tcp: TcpStream,
     peer: SocketAddr,
-    l: &ListenerRt,
+    l: &Arc<ListenerRt>,
     proxy: &Arc<HttpProxy<Router>>,
     stop: &ShutdownWatch,
 ) -> Option<super::websocket::Tunnel> {
@@ -115,7 +116,11 @@ async fn requests_of(
             serve_h2(Box::new(conn), proxy, stop).await;
             return None;
         }
-        return serve_h1(Box::new(conn), l, proxy, stop).await;
+        let stream: Stream = Box::new(conn);
+        return match l.cfg.http1_engine {
+            Http1Engine::Tether => super::h1::serve(stream, peer, l, stop).await,
+            Http1Engine::Pingora => serve_h1(stream, l, proxy, stop).await,
+        };
     }
     if l.cfg.h2c {
         match sniff(&tcp, limit).await {
@@ -127,7 +132,15 @@ async fn requests_of(
             Sniff::H1 => {}
         }
     }
-    serve_h1(Box::new(ClientSocket::new(tcp, peer)), l, proxy, stop).await
+    match l.cfg.http1_engine {
+        Http1Engine::Tether => {
+            let _ = tcp.set_nodelay(true);
+            super::h1::serve(tcp, peer, l, stop).await
+        }
+        Http1Engine::Pingora => {
+            serve_h1(Box::new(ClientSocket::new(tcp, peer)), l, proxy, stop).await
+        }
+    }
 }
 
 enum Sniff {

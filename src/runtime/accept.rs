@@ -129,17 +129,14 @@ async fn accept_loop<F, Fut>(
         let guard = tracker.enter();
         let l = slot.load_full();
         let serve = serve.clone();
-        let fut = async move {
+        tokio::spawn(async move {
             l.connections.inc();
             if let Some(addr) = crate::l4::admit(&mut tcp, peer, &l).await {
                 serve(tcp, addr, l.clone()).await;
             }
             l.connections.dec();
             drop((p1, p2, guard));
-        };
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| eprintln!("SIZE conn future {}", std::mem::size_of_val(&fut)));
-        tokio::spawn(fut);
+        });
     }
 }
 

@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderName};
 use pingora::protocols::Stream;
 use pingora::proxy::Session;
 use tokio::io::AsyncWriteExt;
@@ -50,7 +50,7 @@ pub struct Job {
     _live: Option<LiveGuard>,
     moved: Option<(Arc<str>, MoveReason)>,
     /// The session key (`X-Tether-Session`).
-    key: Option<HeaderValue>,
+    key: Option<String>,
     key_hash: u64,
     /// The insert-mode cookie for the 101 (or the refusal).
     set_cookie: Option<String>,
@@ -62,10 +62,70 @@ pub struct Job {
     start: Instant,
 }
 
+/// What tether's own HTTP/1.1 path hands over for a job.
+pub struct JobParts<'a> {
+    pub l: Arc<ListenerRt>,
+    pub backend: Arc<BackendRt>,
+    pub live: Option<LiveGuard>,
+    pub moved: Option<(Arc<str>, MoveReason)>,
+    pub key: Option<String>,
+    pub key_hash: u64,
+    /// The whole `Set-Cookie` value, if the 101 carries one.
+    pub set_cookie: Option<String>,
+    /// The upstream request head, rewritten.
+    pub head: Vec<u8>,
+    /// The request's `Sec-WebSocket-Key`.
+    pub ws_key: &'a [u8],
+    pub client_ip: Option<IpAddr>,
+    pub start: Instant,
+}
+
+impl Job {
+    pub fn new(p: JobParts<'_>) -> Box<Job> {
+        Box::new(Job {
+            l: p.l,
+            backend: p.backend,
+            _live: p.live,
+            moved: p.moved,
+            key: p.key,
+            key_hash: p.key_hash,
+            set_cookie: p.set_cookie,
+            head: p.head,
+            accept: handshake::accept_for(p.ws_key),
+            client_ip: p.client_ip,
+            start: p.start,
+        })
+    }
+}
+
+/// A client connection tether can tunnel: the bare socket, or a TLS stream.
+pub trait ClientSide: Sized {
+    fn into_client(self) -> ClientIo;
+}
+
+impl ClientSide for TcpStream {
+    fn into_client(self) -> ClientIo {
+        ClientIo::Tcp(self)
+    }
+}
+
+impl ClientSide for Stream {
+    fn into_client(self) -> ClientIo {
+        ClientIo::Tls(self)
+    }
+}
+
+/// Finish a job from tether's own HTTP/1.1 path on `io`, `early` being
+/// what the client sent past its head. `Some` when a tunnel is ready.
+pub async fn open_on<C: Side + ClientSide>(job: Box<Job>, io: C, early: Vec<u8>) -> Option<Tunnel> {
+    handshake_on(*job, io, early, ClientSide::into_client).await
+}
+
 /// Hop-by-hop headers (RFC 9110 7.6.1): the client's connection to tether,
 /// not the request; the upgrade's own two are set again.
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
+    header::UPGRADE,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
@@ -121,7 +181,11 @@ pub(super) fn prepare(session: &Session, ctx: &mut Ctx) -> Result<Box<Job>, u16>
             .session
             .as_ref()
             .map_or_else(rand::random, |k| hash_key(k.as_bytes())),
-        key: ctx.session.clone(),
+        key: ctx
+            .session
+            .as_ref()
+            .and_then(|k| k.to_str().ok())
+            .map(str::to_owned),
         set_cookie: super::router::set_cookie_header(ctx),
         _live: ctx.live.take(),
         moved: ctx.moved.take(),
@@ -136,7 +200,7 @@ pub(super) fn prepare(session: &Session, ctx: &mut Ctx) -> Result<Box<Job>, u16>
 
 /// The client's end of a WebSocket: the bare socket, or the TLS stream of
 /// an https listener.
-enum ClientIo {
+pub enum ClientIo {
     Tcp(TcpStream),
     Tls(Stream),
 }
@@ -239,7 +303,7 @@ async fn handshake_on<C: Side>(
     job.accept = String::new();
     if !Arc::ptr_eq(&backend, &job.backend) {
         // Retried elsewhere: the session follows its connection (see `follow_connection`).
-        if let Some(k) = job.key.as_ref().and_then(|k| k.to_str().ok()) {
+        if let Some(k) = job.key.as_deref() {
             job.l
                 .pool
                 .follow_connection(k, &job.backend, &backend)
@@ -276,9 +340,7 @@ impl Tunnel {
         // Registered with the backend it is connected to, which a retry may
         // have changed: that backend's mark-down or drain closes it, not the
         // one that refused.
-        let reg = backend.register_tunnel(crate::backend::session_tag(
-            job.key.as_ref().and_then(|k| k.to_str().ok()),
-        ));
+        let reg = backend.register_tunnel(crate::backend::session_tag(job.key.as_deref()));
         let p = Params {
             mode: Mode::WebSocket,
             idle: l.cfg.timeouts.idle,
@@ -352,7 +414,7 @@ fn finish(job: &Job, backend: Option<&Arc<BackendRt>>, status: u16, bytes: (u64,
             client = %job.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             method = "GET",
             status,
-            session = %job.key.as_ref().and_then(|k| k.to_str().ok()).map(crate::pool::key_hash).unwrap_or_default(),
+            session = %job.key.as_deref().map(crate::pool::key_hash).unwrap_or_default(),
             bytes_in = bytes.0,
             bytes_out = bytes.1,
             duration_ms = job.start.elapsed().as_millis() as u64,
