@@ -81,7 +81,7 @@ async fn run(
     };
     let mut stream = match tls {
         None => upstream::Upstream::Plain(connect(addr).await?),
-        Some(_) => match upstream::connect(addr, timeout, tls).await {
+        Some(_) => match upstream::connect("(health check)", addr, timeout, tls).await {
             Ok(s) => s,
             Err(ConnectError::Connect(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 return Err(ProbeError::Refused)

@@ -269,14 +269,15 @@ async fn connect(
         // that never resolved is the resolver's, not the backend's.
         let (why, fault) = match b.addr() {
             None => ("host name not resolved".to_owned(), Fault::Other),
-            Some(addr) => match client::connect_with(addr, limit, cfg.tls.as_ref(), preamble).await
-            {
-                Ok(s) => {
-                    b.passive_success();
-                    return Some((b, s));
+            Some(addr) => {
+                match client::connect_with(&b.id, addr, limit, cfg.tls.as_ref(), preamble).await {
+                    Ok(s) => {
+                        b.passive_success();
+                        return Some((b, s));
+                    }
+                    Err(e) => (e.to_string(), Fault::Connect),
                 }
-                Err(e) => (e.to_string(), Fault::Connect),
-            },
+            }
         };
         tracing::debug!(pool = %pool.name, backend = %b.id, error = %why, "tcp connect failed");
         pool.passive_failure(&b, Failure::new(fault, true));

@@ -105,19 +105,22 @@ pub enum ConnectError {
     Tls(#[source] io::Error),
 }
 
-/// Connect to `addr` (and do the TLS handshake when `tls` is set), all within `limit`.
+/// Connect to backend `who` at `addr` (and do the TLS handshake when `tls`
+/// is set), all within `limit`.
 pub async fn connect(
+    who: &str,
     addr: SocketAddr,
     limit: Duration,
     tls: Option<&PoolTls>,
 ) -> Result<Upstream, ConnectError> {
-    connect_with(addr, limit, tls, &[]).await
+    connect_with(who, addr, limit, tls, &[]).await
 }
 
 /// [`connect`], writing `preamble` on the TCP connection before any TLS:
 /// a PROXY header goes in clear ahead of the handshake, as backends that
 /// take both (`listen ... ssl proxy_protocol`) expect.
 pub async fn connect_with(
+    who: &str,
     addr: SocketAddr,
     limit: Duration,
     tls: Option<&PoolTls>,
@@ -142,7 +145,7 @@ pub async fn connect_with(
             Ok(s) => Ok(Upstream::Tls(Box::new(s))),
             Err(e) => {
                 warn_limited(&format!(
-                    "upstream TLS to {addr} (sni {}) failed: {e}",
+                    "upstream TLS to backend {who} ({addr}, sni {}) failed: {e}",
                     tls.sni
                 ));
                 Err(ConnectError::Tls(e))

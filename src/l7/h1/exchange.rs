@@ -346,7 +346,7 @@ impl<C: Side + ClientSide> Conn<'_, C> {
         let (mut up, reused) = match pooled {
             Some(c) => (c, true),
             None => (
-                client::connect(addr, t.connect, cfg.tls.as_ref())
+                client::connect(&b.id, addr, t.connect, cfg.tls.as_ref())
                     .await
                     .map_err(Attempt::Connect)?,
                 false,

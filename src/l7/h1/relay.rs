@@ -6,7 +6,7 @@
 //! goes back to the pool when nothing about it is in doubt. Also tether's
 //! own answers and the request's metrics and access-log line.
 
-use std::io::IoSlice;
+use std::io::{IoSlice, Write as _};
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,7 +14,7 @@ use tokio::time::timeout;
 
 use super::conn::Conn;
 use super::exchange::{Job, Next, Sent};
-use super::rewrite::{self, Keep};
+use super::rewrite::{self, Keep, Reframe};
 use crate::backend::BackendRt;
 use crate::h1::chunked::Chunked;
 use crate::h1::request::Method;
@@ -73,13 +73,20 @@ impl<C: Side> Conn<'_, C> {
             l.pool
                 .passive_failure(&b, Failure::new(Fault::ServerError, true));
         }
-        let dechunk = framing == Framing::Chunked && self.req.minor == 0;
+        let reframe = match (framing, self.req.minor) {
+            (Framing::Chunked, 0) => Reframe::Dechunk,
+            (Framing::Close, 1) => Reframe::Chunk,
+            _ => Reframe::None,
+        };
         let stopping = *self.stop.borrow();
-        let client_keeps = self.req.keep_alive
-            && framing != Framing::Close
-            && !dechunk
-            && !body_unread
-            && !stopping;
+        // A body that ends with the connection, or whose end the client
+        // cannot see, ends the client's connection too.
+        let delimited = match reframe {
+            Reframe::None => framing != Framing::Close,
+            Reframe::Chunk => true,
+            Reframe::Dechunk => false,
+        };
+        let client_keeps = self.req.keep_alive && delimited && !body_unread && !stopping;
         let keep = match (client_keeps, self.req.minor) {
             (false, _) => Keep::Close,
             (true, 0) => Keep::Confirm,
@@ -91,13 +98,13 @@ impl<C: Side> Conn<'_, C> {
             &head,
             job.set_cookie.as_deref(),
             keep,
-            dechunk,
+            reframe,
         );
         let head_len = head.raw.len();
         let backend_keeps = backend_keeps(&head);
         drop(head);
         b.upstream_active.inc();
-        let relayed = self.relay_body(&mut up, framing, dechunk, head_len).await;
+        let relayed = self.relay_body(&mut up, framing, reframe, head_len).await;
         b.upstream_active.dec();
         let (sent_out, clean) = match relayed {
             Ok(r) => r,
@@ -126,9 +133,11 @@ impl<C: Side> Conn<'_, C> {
         &mut self,
         up: &mut Upstream,
         framing: Framing,
-        dechunk: bool,
+        reframe: Reframe,
         mut pos: usize,
     ) -> Result<(u64, bool), (u64, Cut)> {
+        let dechunk = reframe == Reframe::Dechunk;
+        let chunk = reframe == Reframe::Chunk;
         let upstream_idle = self.l.pool.cfg().timeouts.response_idle;
         let client_idle = self.l.cfg.timeouts.idle;
         let mut chunked = Chunked::default();
@@ -158,7 +167,17 @@ impl<C: Side> Conn<'_, C> {
                     (n, n as u64 == left)
                 }
             };
-            let body = if dechunk { &plain[..] } else { &avail[..take] };
+            if chunk && take > 0 {
+                plain.clear();
+                let _ = write!(plain, "{take:x}\r\n");
+                plain.extend_from_slice(&avail[..take]);
+                plain.extend_from_slice(b"\r\n");
+            }
+            let body = if dechunk || (chunk && take > 0) {
+                &plain[..]
+            } else {
+                &avail[..take]
+            };
             let write = if !self.out.is_empty() && body.len() <= COALESCE {
                 // The head and a small body: one write.
                 self.out.extend_from_slice(body);
@@ -193,7 +212,11 @@ impl<C: Side> Conn<'_, C> {
                 Ok(Ok(n)) if n > 0 => {}
                 // The backend closed: the end of a close-delimited body.
                 Ok(Ok(_)) if framing == Framing::Close => {
-                    let _ = self.io.flush().await;
+                    let end: &[u8] = if chunk { b"0\r\n\r\n" } else { b"" };
+                    let w = timeout(client_idle, write_all(&mut self.io, end)).await;
+                    if !matches!(w, Ok(Ok(()))) {
+                        return Err((sent, Cut::Client));
+                    }
                     return Ok((sent, false));
                 }
                 _ => {

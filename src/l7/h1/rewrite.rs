@@ -219,17 +219,28 @@ pub enum Keep {
     Close,
 }
 
+/// How the client's body framing differs from the backend's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reframe {
+    /// As the backend framed it.
+    None,
+    /// Without its chunked framing (an HTTP/1.0 client): `Transfer-Encoding` goes.
+    Dechunk,
+    /// A close-delimited body, chunked for an HTTP/1.1 client: a cut stays
+    /// visible (no last chunk) and the connection can be kept.
+    Chunk,
+}
+
 /// Write the client's response head for the backend's `head` into `out`.
-/// `dechunk`: the body is relayed without its chunked framing (an HTTP/1.0
-/// client), so `Transfer-Encoding` goes too.
 pub fn response_head(
     out: &mut Vec<u8>,
     l: &ListenerRt,
     head: &Head,
     set_cookie: Option<&str>,
     keep: Keep,
-    dechunk: bool,
+    reframe: Reframe,
 ) {
+    let dechunk = reframe == Reframe::Dechunk;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     // The status code and reason phrase as the backend wrote them.
@@ -262,6 +273,9 @@ pub fn response_head(
     }
     if let Some(v) = set_cookie {
         cookie_line(out, l, v);
+    }
+    if reframe == Reframe::Chunk {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     match keep {
         Keep::Default => {}

@@ -120,7 +120,7 @@ type Answer = (Upstream, Head, Vec<u8>, Vec<u8>);
 
 async fn attempt(b: &BackendRt, cfg: &Pool, req: &[u8]) -> Result<Answer, Failure> {
     let addr = b.addr().ok_or(Failure::Unresolved)?;
-    let mut up = client::connect(addr, cfg.timeouts.connect, cfg.tls.as_ref())
+    let mut up = client::connect(&b.id, addr, cfg.timeouts.connect, cfg.tls.as_ref())
         .await
         .map_err(Failure::Connect)?;
     up.write_all(req).await.map_err(Failure::Lost)?;
