@@ -26,6 +26,22 @@ pub trait Source {
     fn query(&self, name: &str) -> Option<&str>;
 }
 
+/// pingora's request head (its HTTP/2 path, and its HTTP/1.1 one where a
+/// listener keeps it).
+impl Source for pingora::http::RequestHeader {
+    fn cookie(&self, name: &str) -> Option<&str> {
+        crate::affinity::key::cookie(&self.headers, name)
+    }
+
+    fn header(&self, name: &HeaderName) -> Option<&str> {
+        crate::affinity::key::header(&self.headers, name)
+    }
+
+    fn query(&self, name: &str) -> Option<&str> {
+        crate::affinity::key::query(self.uri.query(), name)
+    }
+}
+
 /// The session key, borrowed from the request where it can be.
 pub enum SessionKey<'a> {
     None,

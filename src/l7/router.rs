@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -30,11 +30,10 @@ use super::hygiene;
 use super::listener::ListenerRt;
 use super::upstream;
 use super::watch::{Phase, Plan, Watch};
+use super::decide::{self, Outcome};
 use super::websocket;
-use crate::affinity::cookie::CookieSigner;
 use crate::affinity::hash::hash_key;
-use crate::affinity::key::{self, IpKey};
-use crate::config::{Fallback, Key};
+use crate::config::Key;
 use crate::pool::{BackendRt, Decision, Failure, Fault};
 use crate::store::{LiveGuard, MoveReason};
 
@@ -76,12 +75,6 @@ const MAX_RETRIES: usize = 2;
 
 const SELF_ANSWER: &str = "tether";
 
-fn now_secs() -> u32 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as u32)
-        .unwrap_or(0)
-}
 
 /// Answer the request ourselves with an empty body.
 async fn answer(
@@ -121,106 +114,21 @@ pub(super) fn set_cookie_header(ctx: &mut Ctx) -> Option<String> {
 }
 
 impl Router {
-    /// Find the key and decide the backend. `Ok(true)`: answered already.
+    /// Find the key and decide the backend (`decide`, shared with tether's
+    /// own HTTP/1.1 path). `Ok(true)`: answered already.
     async fn decide(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let l = ctx.l.clone();
-        let req = session.req_header();
-        let mut key: Option<&str> = None;
-        // A store hit found while checking the cookie, reused as the decision.
-        let mut early: Option<Decision> = None;
-        // Our own cookie came back (verified): its session gets confirmed.
-        let mut returned = false;
-        let ipkey;
-        match &l.cfg.affinity.key {
-            Key::Cookie(c) => match (&c.insert, &l.signer) {
-                (Some(ins), Some(signer)) => {
-                    let now = now_secs();
-                    let max_age = ins.max_age.as_secs().min(u64::from(u32::MAX)) as u32;
-                    let raw = key::cookie(&req.headers, &c.name);
-                    // The session's stamp lets a cookie verified before skip the HMAC.
-                    let hit = raw
-                        .and_then(CookieSigner::id_of)
-                        .and_then(|id| l.pool.route_hit(id));
-                    let meta = match &hit {
-                        Some(Decision::Backend { live: Some(g), .. }) => Some(g.meta()),
-                        _ => None,
-                    };
-                    match raw.and_then(|v| signer.verify_with(v, meta)) {
-                        Some(v) => {
-                            key = Some(v.id);
-                            early = hit;
-                            returned = true;
-                            if now.saturating_sub(v.issued) >= max_age / 2 {
-                                ctx.set_cookie = Some(signer.sign(v.id, now));
-                            }
-                        }
-                        None => {
-                            let value =
-                                signer.new_id().map(|id| signer.sign(&id, now)).ok_or_else(
-                                    || Error::explain(ErrorType::InternalError, "no randomness"),
-                                )?;
-                            ctx.set_cookie = Some(value);
-                        }
-                    }
-                }
-                _ => key = key::cookie(&req.headers, &c.name),
-            },
-            Key::Header { name } => key = key::header(&req.headers, name),
-            Key::Query { name } => key = key::query(req.uri.query(), name),
-            Key::SourceIp(mask) => {
-                if let Some(ip) = ctx.client_ip {
-                    ipkey = IpKey::new(ip, *mask);
-                    key = Some(ipkey.as_str());
-                }
-            }
-            // Stream keys: config allows them on tcp listeners only.
-            Key::Sni | Key::Prefix(_) => {}
-        }
-        let new_id;
-        let mut minted = false;
-        if let Some(v) = &ctx.set_cookie {
-            if key.is_none() {
-                new_id = v[..22].to_owned();
-                key = Some(&new_id);
-                minted = true;
-            }
-        }
-        let fallback_key;
-        if key.is_none() {
-            match l.cfg.affinity.fallback {
-                Fallback::Reject => return answer(session, 400, &[]).await,
-                Fallback::Random => {
-                    return self.apply(session, ctx, l.pool.route_random()).await;
-                }
-                Fallback::SourceIp => {
-                    if let Some(ip) = ctx.client_ip {
-                        fallback_key = IpKey::new(ip, Default::default());
-                        key = Some(fallback_key.as_str());
-                    }
-                }
-            }
-        }
-        let Some(key) = key else {
-            return answer(session, 400, &[]).await;
+        let routed = match decide::decide(&l, session.req_header(), ctx.client_ip).await {
+            Outcome::Route(r) => r,
+            Outcome::Answer(503) => return answer(session, 503, &[("retry-after", "1")]).await,
+            Outcome::Answer(status) => return answer(session, status, &[]).await,
         };
-        ctx.session = HeaderValue::from_bytes(key.as_bytes()).ok();
-        if let Some(d) = early {
-            return self.apply(session, ctx, d).await;
-        }
-        // A minted cookie's session is provisional until the cookie comes back.
-        let routed = match (minted, returned) {
-            (true, _) => Ok(l.pool.route_new_cookie(key)),
-            (false, true) => l.pool.route_cookie(key).await,
-            (false, false) => l.pool.route(key).await,
-        };
-        let decision = match routed {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(pool = %l.pool.name, error = %e, "affinity store failed");
-                return answer(session, 503, &[("retry-after", "1")]).await;
-            }
-        };
-        self.apply(session, ctx, decision).await
+        ctx.session = routed
+            .key
+            .as_str()
+            .and_then(|k| HeaderValue::from_bytes(k.as_bytes()).ok());
+        ctx.set_cookie = routed.set_cookie;
+        self.apply(session, ctx, routed.decision).await
     }
 
     /// Report a failure of the current backend to passive health, whose rule
