@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # benches/load/run.sh: whole-proxy load harness. In one go on loopback, runs wrk
-# against the backend directly, tether (cookie stickiness), HAProxy (`cookie SRV
-# insert`) and nginx (`hash $cookie_TETHER consistent`), with the method of
-# shared/benchmarking.md: one worker per proxy, the proxy alone on PROXY_CPU (0),
-# wrk and the backend on LOAD_CPU (1), interleaved rounds, medians. Prints req/s,
-# p50/p99 and proxy CPU microseconds per request for each contender, then the
-# ratios tether/HAProxy and tether/nginx. See README.md beside this file.
+# against the backend directly, tether, HAProxy, nginx and pingora alone (a bare
+# `ProxyHttp` to one fixed peer, examples/bare_pingora.rs), sticky by the key KEY
+# picks, with the method of shared/benchmarking.md: one worker per proxy, the proxy
+# alone on PROXY_CPU (0), wrk and the backend on LOAD_CPU (1), interleaved rounds,
+# medians. Prints req/s, p50/p99 and proxy CPU microseconds per request for each
+# contender, then the ratios of tether to the others. See README.md beside this file.
 #
 # Environment (all optional):
+#   KEY=cookie                     cookie (tether's inserted cookie, HAProxy `cookie insert`,
+#                                  nginx hash on it), header (X-Device: a stick table in
+#                                  HAProxy), source_ip (stick on src), keys100k (a header
+#                                  rotating over 100,000 values: rotate.lua)
 #   ROUNDS=3 DURATION=5 CONNS=64   rounds, seconds per run, wrk connections
 #   WRK_THREADS=1 WARMUP=1         wrk threads; seconds of unrecorded warm-up per contender
 #   PROXY_CPU=0 LOAD_CPU=1         where the proxy / wrk + backend run
 #   SKIP_TETHER=1                  leave tether out (e.g. while it doesn't build or start)
 #   TETHER_BIN=path                use this binary instead of `cargo build --release`
+#   BARE_BIN=path                  pingora alone (default: target/release/examples/bare_pingora,
+#                                  built with tether); SKIP_BARE=1 leaves it out
 #   TETHER_LOG=warn                RUST_LOG for tether (the peers log nothing either)
 #   KEEP_TMP=1                     keep the temp dir (configs, logs, raw wrk output)
 
@@ -25,10 +31,13 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 CONNS=${CONNS:-64}
 WRK_THREADS=${WRK_THREADS:-1}
-WARMUP=${WARMUP:-1}
+KEY=${KEY:-cookie}
+# Long enough for every one of the 100,000 keys to be seen once before measuring.
+WARMUP=${WARMUP:-$([[ $KEY == keys100k ]] && echo 4 || echo 1)}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 SKIP_TETHER=${SKIP_TETHER:-0}
+SKIP_BARE=${SKIP_BARE:-0}
 TETHER_LOG=${TETHER_LOG:-warn}
 KEEP_TMP=${KEEP_TMP:-0}
 
@@ -42,6 +51,31 @@ for v in ROUNDS DURATION CONNS WRK_THREADS WARMUP PROXY_CPU LOAD_CPU; do
 done
 ((ROUNDS >= 1 && DURATION >= 1 && CONNS >= 1)) || die "ROUNDS, DURATION and CONNS must be >= 1"
 [[ $PROXY_CPU != "$LOAD_CPU" ]] || die "PROXY_CPU and LOAD_CPU must differ"
+
+# --- the key: how each proxy sticks, and what wrk sends ------------------------------
+WRK_SCRIPT=report.lua
+case $KEY in
+  cookie)
+    TETHER_KEY='{ cookie: { name: TETHER, insert: true, max_age: 8h } }'
+    HAPROXY_STICKY='cookie SRV insert indirect nocache'
+    HAPROXY_SERVER='cookie s1'
+    NGINX_HASH='$cookie_TETHER'
+    ;;
+  header | keys100k)
+    TETHER_KEY='{ header: X-Device }'
+    HAPROXY_STICKY='stick-table type string len 64 size 1m expire 1h\n  stick on req.hdr(X-Device)'
+    HAPROXY_SERVER=''
+    NGINX_HASH='$http_x_device'
+    [[ $KEY == keys100k ]] && WRK_SCRIPT=rotate.lua
+    ;;
+  source_ip)
+    TETHER_KEY='source_ip'
+    HAPROXY_STICKY='stick-table type ip size 1m expire 1h\n  stick on src'
+    HAPROXY_SERVER=''
+    NGINX_HASH='$remote_addr'
+    ;;
+  *) die "KEY must be cookie, header, source_ip or keys100k, got '$KEY'" ;;
+esac
 
 # --- tools --------------------------------------------------------------------
 # Debian package names of the tools the harness runs.
@@ -128,10 +162,13 @@ pick_port HAPROXY_PORT
 pick_port NGINX_PORT
 pick_port TETHER_PORT
 pick_port TETHER_ADMIN_PORT
+pick_port BARE_PORT
 
 render() { # TEMPLATE OUT PORT: fill in the @NAME@ placeholders
   sed -e "s|@DIR@|$TMP|g" -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" -e "s|@PORT@|$3|g" \
-    -e "s|@ADMIN_PORT@|$TETHER_ADMIN_PORT|g" "$HERE/$1" >"$2"
+    -e "s|@ADMIN_PORT@|$TETHER_ADMIN_PORT|g" -e "s|@TETHER_KEY@|$TETHER_KEY|g" \
+    -e "s|@HAPROXY_STICKY@|$HAPROXY_STICKY|g" -e "s|@HAPROXY_SERVER@|$HAPROXY_SERVER|g" \
+    -e "s|@NGINX_HASH@|$NGINX_HASH|g" "$HERE/$1" >"$2"
 }
 
 wait_ready() { # NAME PID PORT TIMEOUT_S: until GET / answers 200 "ok" through PORT
@@ -154,8 +191,12 @@ wait_ready() { # NAME PID PORT TIMEOUT_S: until GET / answers 200 "ok" through P
   return 1
 }
 
-declare -A COOKIE=([direct]="" [haproxy]="SRV=s1" [nginx]="TETHER=abc")
-declare -A PORT=([direct]=$BACKEND_PORT [haproxy]=$HAPROXY_PORT [nginx]=$NGINX_PORT [tether]=$TETHER_PORT)
+declare -A COOKIE=([direct]="" [haproxy]="" [nginx]="" [bare]="")
+if [[ $KEY == cookie ]]; then
+  COOKIE[haproxy]="SRV=s1"
+  COOKIE[nginx]="TETHER=abc"
+fi
+declare -A PORT=([direct]=$BACKEND_PORT [haproxy]=$HAPROXY_PORT [nginx]=$NGINX_PORT [tether]=$TETHER_PORT [bare]=$BARE_PORT)
 declare -A PID=()
 CONTENDERS=(direct)
 
@@ -165,10 +206,14 @@ if ((!SKIP_TETHER)); then
     [[ -x $TETHER_BIN ]] || die "TETHER_BIN=$TETHER_BIN is not an executable"
   else
     echo "building tether (cargo build --release)..." >&2
-    (cd "$REPO" && cargo build --release) >&2 ||
+    (cd "$REPO" && cargo build --release --bin tether --example bare_pingora) >&2 ||
       die "cargo build --release failed; SKIP_TETHER=1 benchmarks the others without tether"
     TETHER_BIN=$REPO/target/release/tether
   fi
+fi
+if ((!SKIP_BARE)); then
+  BARE_BIN=${BARE_BIN:-$REPO/target/release/examples/bare_pingora}
+  [[ -x $BARE_BIN ]] || die "no $BARE_BIN: cargo build --release --example bare_pingora (or SKIP_BARE=1)"
 fi
 
 # --- servers ----------------------------------------------------------------------
@@ -205,15 +250,27 @@ if ((!SKIP_TETHER)); then
   wait_ready tether "${PID[tether]}" "$TETHER_PORT" 30 ||
     die "tether did not start (config: $TMP/tether.yaml, KEEP_TMP=1 keeps it); SKIP_TETHER=1 benchmarks the others"
   # wrk replays one session's cookie, as a browser would after its first response.
-  COOKIE[tether]=$(curl -s -m 5 -D - -o /dev/null "http://127.0.0.1:$TETHER_PORT/" |
-    tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: *\(TETHER=[^;]*\).*/\1/p' | head -n 1)
-  [[ -n ${COOKIE[tether]} ]] || die "tether answered without a 'Set-Cookie: TETHER=...' header"
+  if [[ $KEY == cookie ]]; then
+    COOKIE[tether]=$(curl -s -m 5 -D - -o /dev/null "http://127.0.0.1:$TETHER_PORT/" |
+      tr -d '\r' | sed -n 's/^[Ss]et-[Cc]ookie: *\(TETHER=[^;]*\).*/\1/p' | head -n 1)
+    [[ -n ${COOKIE[tether]} ]] || die "tether answered without a 'Set-Cookie: TETHER=...' header"
+  else
+    COOKIE[tether]=""
+  fi
   # Re-read the tree: worker threads are counted through /proc/PID/stat anyway, but a
   # helper process (if tether ever forks one) should be billed too.
   TREE[tether]=$(descendants "${PID[tether]}")
   CONTENDERS+=(tether)
 fi
 CONTENDERS+=(haproxy nginx)
+if ((!SKIP_BARE)); then
+  taskset -c "$PROXY_CPU" "$BARE_BIN" --listen "127.0.0.1:$BARE_PORT" --peer "127.0.0.1:$BACKEND_PORT" \
+    >"$TMP/bare.log" 2>&1 &
+  PID[bare]=$!
+  STARTED+=("${PID[bare]}")
+  wait_ready bare "${PID[bare]}" "$BARE_PORT" 20 || die "bare pingora did not start (SKIP_BARE=1 leaves it out)"
+  CONTENDERS+=(bare)
+fi
 
 # --- measurement ------------------------------------------------------------------
 CLK_TCK=$(getconf CLK_TCK)
@@ -254,8 +311,9 @@ run_wrk() { # CONTENDER SECONDS -> wrk's output on stdout
   local name=$1
   local -a hdr=()
   [[ -n ${COOKIE[$name]} ]] && hdr=(-H "Cookie: ${COOKIE[$name]}")
+  [[ $KEY == header ]] && hdr+=(-H "X-Device: dev-1")
   taskset -c "$LOAD_CPU" wrk -t"$WRK_THREADS" -c"$CONNS" -d"$2"s --latency \
-    -s "$HERE/report.lua" "${hdr[@]}" "http://127.0.0.1:${PORT[$name]}/"
+    -s "$HERE/$WRK_SCRIPT" "${hdr[@]}" "http://127.0.0.1:${PORT[$name]}/"
 }
 
 measure() { # CONTENDER ROUND: one recorded run, appended to $RESULTS and printed
@@ -300,7 +358,7 @@ measure() { # CONTENDER ROUND: one recorded run, appended to $RESULTS and printe
 }
 export PROXY_CPU LOAD_CPU
 
-echo "contenders: ${CONTENDERS[*]}; $ROUNDS round(s) x ${DURATION}s, wrk -t$WRK_THREADS -c$CONNS;" \
+echo "contenders: ${CONTENDERS[*]}; key $KEY; $ROUNDS round(s) x ${DURATION}s, wrk -t$WRK_THREADS -c$CONNS;" \
   "proxy on CPU$PROXY_CPU, wrk + backend on CPU$LOAD_CPU"
 if ((WARMUP > 0)); then
   for name in "${CONTENDERS[@]}"; do
@@ -350,8 +408,8 @@ awk -F'\t' -v order="${CONTENDERS[*]}" -v rounds="$ROUNDS" -v pcpu="$PROXY_CPU" 
     if (index(" " order " ", " tether ")) {
       print ""
       printf "%-16s %7s %7s %7s %11s\n", "ratio (medians)", "req/s", "p50", "p99", "CPU/req"
-      split("haproxy nginx", peers, " ")
-      for (i = 1; i <= 2; i++)
+      split("haproxy nginx bare", peers, " ")
+      for (i = 1; i <= 3; i++)
         printf "%-16s %7s %7s %7s %11s\n", "tether/" peers[i], ratio("tether", peers[i], 3),
           ratio("tether", peers[i], 4), ratio("tether", peers[i], 5), ratio("tether", peers[i], 6)
       print "(req/s: higher is better for tether; p50, p99, CPU/req: lower is better)"
