@@ -26,11 +26,11 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::ErrorType;
 
 use super::conn::{ConnInfo, ConnStream};
+use super::decide::{self, Outcome};
 use super::hygiene;
 use super::listener::ListenerRt;
 use super::upstream;
 use super::watch::{Phase, Plan, Watch};
-use super::decide::{self, Outcome};
 use super::websocket;
 use crate::affinity::hash::hash_key;
 use crate::config::Key;
@@ -74,7 +74,6 @@ pub struct Ctx {
 const MAX_RETRIES: usize = 2;
 
 const SELF_ANSWER: &str = "tether";
-
 
 /// Answer the request ourselves with an empty body.
 async fn answer(
