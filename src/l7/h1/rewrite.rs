@@ -9,7 +9,11 @@
 //! header it sent; then tether's own: `X-Tether-Session`, the move headers,
 //! `X-Forwarded-For` (a trusted proxy's list with the peer appended) and
 //! `X-Forwarded-Proto`. `Transfer-Encoding` stays: the body is relayed in the
-//! framing the client chose.
+//! framing the client chose. `Host` is an absolute-form target's authority
+//! when the client's differs (RFC 9112 3.2.2: a proxy generates it from the
+//! target), and a request without one (HTTP/1.0) gets an empty one (3.2: an
+//! HTTP/1.1 request always carries `Host`, empty when the target has no
+//! authority).
 //!
 //! To the client: the backend's status and headers, less its connection
 //! headers (the client's connection is tether's), plus the insert-mode
@@ -160,18 +164,23 @@ pub fn request_head(out: &mut Vec<u8>, l: &ListenerRt, buf: &[u8], req: &Request
             }
             has_proto |= eq(name, "x-forwarded-proto");
         }
-        has_host |= eq(name, "host");
+        if eq(name, "host") {
+            // An absolute-form target's authority replaces a Host that
+            // differs (RFC 9112 3.2.2).
+            if authority.is_some_and(|a| !a.eq_ignore_ascii_case(value)) {
+                continue;
+            }
+            has_host = true;
+        }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     if !has_host {
-        if let Some(a) = authority {
-            out.extend_from_slice(b"host: ");
-            out.extend_from_slice(a);
-            out.extend_from_slice(b"\r\n");
-        }
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.unwrap_or_default());
+        out.extend_from_slice(b"\r\n");
     }
     if add.websocket {
         out.extend_from_slice(b"connection: upgrade\r\n");
