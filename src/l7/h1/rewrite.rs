@@ -16,8 +16,10 @@
 //! authority).
 //!
 //! To the client: the backend's status and headers, less its connection
-//! headers (the client's connection is tether's), plus the insert-mode
-//! cookie and tether's own `Connection` decision.
+//! headers (the client's connection is tether's), obs-folds replaced by a
+//! space (RFC 9112 5.2), plus the insert-mode cookie, the body's new framing
+//! when tether changes it ([`Reframe`]) and tether's own `Connection`
+//! decision.
 
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -228,26 +230,40 @@ pub enum Keep {
     Close,
 }
 
+/// How tether re-frames a response body on its way to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reframe {
+    /// As the backend framed it.
+    None,
+    /// Chunked from the backend, plain to an HTTP/1.0 client (close-delimited).
+    Dechunk,
+    /// Close-delimited from the backend, chunked to an HTTP/1.1 client, so
+    /// its connection can stay open (as pingora does).
+    Chunk,
+}
+
 /// Write the client's response head for the backend's `head` into `out`.
-/// `dechunk`: the body is relayed without its chunked framing (an HTTP/1.0
-/// client), so `Transfer-Encoding` goes too.
+/// `reframe`: `Transfer-Encoding` goes (de-chunked) or is added (chunked).
 pub fn response_head(
     out: &mut Vec<u8>,
     l: &ListenerRt,
     head: &Head,
     set_cookie: Option<&str>,
     keep: Keep,
-    dechunk: bool,
+    reframe: Reframe,
 ) {
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
-    // The status code and reason phrase as the backend wrote them.
+    // The status code and reason phrase as the backend wrote them (its line
+    // may end in a bare LF).
     let line_end = head
         .raw
         .iter()
-        .position(|&b| b == b'\r')
+        .position(|&b| b == b'\n')
         .unwrap_or(head.raw.len());
-    out.extend_from_slice(head.raw.get(9..line_end).unwrap_or(b"502 Bad Gateway"));
+    let line = &head.raw[..line_end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    out.extend_from_slice(line.get(9..).unwrap_or(b"502 Bad Gateway"));
     out.extend_from_slice(b"\r\n");
     let nominated: Vec<&[u8]> = head
         .values("connection")
@@ -259,15 +275,22 @@ pub fn response_head(
         let drop = eq(name, "connection")
             || eq(name, "keep-alive")
             || eq(name, "proxy-connection")
-            || (dechunk && eq(name, "transfer-encoding"))
+            || (reframe == Reframe::Dechunk && eq(name, "transfer-encoding"))
             || nominated.iter().any(|t| t.eq_ignore_ascii_case(name));
         if drop {
             continue;
         }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
+        if head.folded {
+            unfold(out, value);
+        } else {
+            out.extend_from_slice(value);
+        }
         out.extend_from_slice(b"\r\n");
+    }
+    if reframe == Reframe::Chunk {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if let Some(v) = set_cookie {
         cookie_line(out, l, v);
@@ -278,6 +301,25 @@ pub fn response_head(
         Keep::Close => out.extend_from_slice(b"connection: close\r\n"),
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// `value` with every obs-fold (a line break and the indent after it)
+/// replaced by one space.
+fn unfold(out: &mut Vec<u8>, value: &[u8]) {
+    let mut folding = false;
+    for &b in value {
+        match b {
+            b'\r' | b'\n' => folding = true,
+            b' ' | b'\t' if folding => {}
+            _ => {
+                if folding {
+                    out.push(b' ');
+                    folding = false;
+                }
+                out.push(b);
+            }
+        }
+    }
 }
 
 /// The insert-mode `Set-Cookie` line for cookie value `v`.
