@@ -2,7 +2,8 @@
 //! through untouched: tether relays the chunked framing as the peer wrote
 //! it and only needs to know where the message stops. Chunk-size lines,
 //! extensions and trailers are bounded, so a peer cannot make tether buffer
-//! or scan without end.
+//! or scan without end; a trailer line must be a field line (`name:`), so
+//! the peer behind tether never gets one its parser may read otherwise.
 
 /// Longest chunk-size in hex digits (a 64-bit length).
 const MAX_SIZE_DIGITS: u8 = 16;
@@ -25,6 +26,8 @@ pub enum ChunkError {
     LineEnding,
     #[error("trailer section too long")]
     Trailers,
+    #[error("trailer line is not a field line")]
+    TrailerLine,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +44,9 @@ enum State {
     DataLf,
     /// Start of a trailer line (or the final CRLF).
     TrailerStart,
-    /// Inside a trailer line.
+    /// Inside a trailer line's field name.
+    TrailerName,
+    /// Inside a trailer line's value.
     Trailer,
     /// LF of a trailer line.
     TrailerLf,
@@ -169,11 +174,20 @@ impl Chunked {
             TrailerStart => match b {
                 b'\r' => LastLf,
                 b'\n' => return Err(ChunkError::LineEnding),
-                _ => {
+                _ if is_tchar(b) => {
                     self.count_trailer()?;
-                    Trailer
+                    TrailerName
                 }
+                _ => return Err(ChunkError::TrailerLine),
             },
+            TrailerName => {
+                self.count_trailer()?;
+                match b {
+                    b':' => Trailer,
+                    _ if is_tchar(b) => TrailerName,
+                    _ => return Err(ChunkError::TrailerLine),
+                }
+            }
             Trailer => match b {
                 b'\r' => TrailerLf,
                 b'\n' => return Err(ChunkError::LineEnding),
@@ -199,6 +213,11 @@ impl Chunked {
         }
         Ok(())
     }
+}
+
+/// RFC 9110 5.6.2 token characters (field names).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -248,5 +267,14 @@ mod tests {
         let long = [b"1;".as_slice(), &[b'a'; 5000]].concat();
         assert_eq!(end_of(&long), Err(ChunkError::Extension));
         assert_eq!(end_of(b"0\r\n\r\n"), Ok(Some(5)));
+        for bad in [
+            &b"0\r\n0\r\n\r\n"[..],
+            b"0\r\n: x\r\n\r\n",
+            b"0\r\nX : 1\r\n\r\n",
+            b"0\r\n x: 1\r\n\r\n",
+        ] {
+            assert_eq!(end_of(bad), Err(ChunkError::TrailerLine), "{bad:?}");
+        }
+        assert_eq!(end_of(b"0\r\nX-A:1\r\nB: \r\n\r\n"), Ok(Some(17)));
     }
 }

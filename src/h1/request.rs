@@ -4,17 +4,20 @@
 //!
 //! Refused, each with the status a client gets: bare LF line endings,
 //! obs-fold, whitespace before a header's colon (httparse refuses the last
-//! two), a request line or header httparse cannot read (400); a version other
-//! than 1.0/1.1 (505); both `Content-Length` and `Transfer-Encoding`, more than
+//! two), a request line or header httparse cannot read (400); a well-formed
+//! version other than HTTP/1.x (505; a higher 1.x minor is read as 1.1, RFC
+//! 9110 6.2); both `Content-Length` and `Transfer-Encoding`, more than
 //! one `Content-Length` or an invalid one, a `Transfer-Encoding` whose final
 //! coding is not `chunked`, or any `Transfer-Encoding` from an HTTP/1.0 client
 //! (400; 501 for a coding tether does not know); no `Host`, several, or one
-//! that disagrees with an absolute-form target's authority (400).
+//! that is not a valid `uri-host [":" port]` (RFC 9112 3.2) (400). An
+//! absolute-form target's authority overrides the `Host` (RFC 9112 3.2.2).
 
 use std::ops::Range;
 
-/// Most header lines in a request head (more: 431, like too many bytes).
-pub const MAX_HEADERS: usize = 128;
+/// Most header lines in a request head (more: 431, like too many bytes);
+/// pingora's bound.
+pub const MAX_HEADERS: usize = 256;
 
 /// A byte range of the read buffer.
 pub type Span = Range<u32>;
@@ -155,7 +158,7 @@ pub fn parse(buf: &[u8], req: &mut Request) -> Result<bool, ReqError> {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(false),
         Err(httparse::Error::TooManyHeaders) => return Err(ReqError::TooManyHeaders),
-        Err(httparse::Error::Version) => return Err(ReqError::Version),
+        Err(httparse::Error::Version) => return bad_version(buf, req),
         Err(_) => return Err(ReqError::Malformed),
     };
     // httparse takes a bare LF as a line end; RFC 9112 2.2 lets a server
@@ -235,17 +238,15 @@ pub fn parse(buf: &[u8], req: &mut Request) -> Result<bool, ReqError> {
         },
         (None, false) => Body::None,
     });
-    // RFC 9112 3.2: exactly one Host for HTTP/1.1; an absolute-form target's
-    // authority wins and must agree with it.
+    // RFC 9112 3.2: exactly one valid Host for HTTP/1.1. An absolute-form
+    // target's authority wins over it (3.2.2: the Host is ignored, and
+    // replaced upstream, see `l7::h1::rewrite`).
     if hosts > 1 || (req.minor == 1 && hosts == 0) {
         return Err(ReqError::Host);
     }
-    if let Some(authority) = absolute_authority(target.as_bytes()) {
-        if let Some(h) = &req.host {
-            let host = &buf[h.start as usize..h.end as usize];
-            if !authority.eq_ignore_ascii_case(host) {
-                return Err(ReqError::Host);
-            }
+    if let Some(h) = &req.host {
+        if !valid_host(&buf[h.start as usize..h.end as usize]) {
+            return Err(ReqError::Host);
         }
     }
     req.websocket = upgrade_ws && conn_upgrade;
@@ -254,6 +255,64 @@ pub fn parse(buf: &[u8], req: &mut Request) -> Result<bool, ReqError> {
         _ => !conn_close,
     };
     Ok(true)
+}
+
+/// A request line httparse refused for its version. A well-formed
+/// `HTTP/<digit>.<digit>` that is not 1.0 or 1.1: a higher 1.x minor is
+/// served as 1.1 (RFC 9110 6.2: processed as the highest minor version the
+/// recipient implements), another major version is a 505. Anything else is
+/// not a request line (400). An unfinished line waits for its end.
+#[cold]
+fn bad_version(buf: &[u8], req: &mut Request) -> Result<bool, ReqError> {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        return Ok(false);
+    };
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    let version = match parts[..] {
+        [m, t, v] if !m.is_empty() && !t.is_empty() => v,
+        _ => return Err(ReqError::Malformed),
+    };
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor] if minor.is_ascii_digit() => {
+            // Read it as HTTP/1.1: same length, so every span still fits `buf`.
+            let mut copy = buf.to_vec();
+            copy[line.len() - 1] = b'1';
+            parse(&copy, req)
+        }
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            Err(ReqError::Version)
+        }
+        _ => Err(ReqError::Malformed),
+    }
+}
+
+/// A `Host` value: empty, or `uri-host [":" port]` (RFC 3986 3.2.2: an
+/// IP-literal in brackets, or a reg-name / IPv4 address of unreserved,
+/// percent-encoded and sub-delims characters). Brackets take the same
+/// characters and colons (IPv6, a zone id, IPvFuture) without a closer look.
+fn valid_host(v: &[u8]) -> bool {
+    let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b);
+    let (host, port) = match v.first() {
+        Some(b'[') => match v.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let inside = &v[1..end];
+                if inside.is_empty() || !inside.iter().all(|&b| b == b':' || reg_name(&b)) {
+                    return false;
+                }
+                (&v[..0], &v[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match v.iter().position(|&b| b == b':') {
+            Some(i) => (&v[..i], &v[i..]),
+            None => (v, &v[v.len()..]),
+        },
+    };
+    host.iter().all(reg_name)
+        && (port.is_empty() || (port[0] == b':' && port[1..].iter().all(u8::is_ascii_digit)))
 }
 
 /// Transfer codings registered with IANA that are not `chunked`.
@@ -346,7 +405,7 @@ mod tests {
 
     #[test]
     fn smuggling_and_malformed_heads_are_refused() {
-        let cases: [(&str, ReqError); 13] = [
+        let cases: [(&str, ReqError); 12] = [
             ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", ReqError::LengthAndEncoding),
             ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", ReqError::BadLength),
             ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n", ReqError::BadLength),
@@ -359,13 +418,41 @@ mod tests {
             ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", ReqError::Malformed),
             ("GET / HTTP/1.1\r\n\r\n", ReqError::Host),
             ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", ReqError::Host),
-            ("GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n", ReqError::Host),
         ];
         for (req, want) in cases {
             assert_eq!(err(req), want, "{req:?}");
         }
         assert_eq!(err("GET / HTTP/2.0\r\nHost: a\r\n\r\n").status(), 505);
+        for bad_line in [
+            "GET / http/1.1\r\nHost: a\r\n\r\n",
+            "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.1x\r\nHost: a\r\n\r\n",
+        ] {
+            assert_eq!(err(bad_line), ReqError::Malformed, "{bad_line:?}");
+        }
+        let r = ok("GET /x HTTP/1.7\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi");
+        assert_eq!((r.minor, r.body, r.len), (1, Some(Body::Length(2)), 47));
+        let mut r = Request::default();
+        assert_eq!(parse(b"GET / HTTP/1.2", &mut r), Ok(false));
+        for host in ["a b", "a/b", "a:b", "[::1", "a@b", "[]", "[::1]x"] {
+            let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert_eq!(err(&req), ReqError::Host, "{host:?}");
+        }
+        for host in [
+            "",
+            "a.test",
+            "a.test:8080",
+            "127.0.0.1:1",
+            "[::1]:80",
+            "[::1]",
+            "[fe80::1%25eth0]:1",
+            "x:",
+            "a.test \t",
+        ] {
+            ok(&format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+        }
         ok("GET http://A:80/x HTTP/1.1\r\nHost: a:80\r\n\r\n");
+        ok("GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n");
         ok("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
     }
 }

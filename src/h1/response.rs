@@ -3,13 +3,19 @@
 //! request smuggling feeds on (both `Content-Length` and
 //! `Transfer-Encoding`, several or malformed lengths), is an error: the
 //! caller answers 502 and does not reuse the connection.
+//!
+//! Where RFC 9112 lets a proxy repair a response instead, it is read like
+//! pingora reads it (the reference): whitespace between a field name and its
+//! colon is dropped (5.1), obs-fold is accepted and replaced by a space when
+//! relayed (5.2, see [`Head::folded`]), a bare LF ends a line (2.2); and the
+//! same bounds (a head of up to 1 MiB, 256 lines).
 
 use std::ops::Range;
 
-/// Largest response head accepted.
-pub const MAX_HEAD: usize = 64 * 1024;
-/// Most header lines in a response head.
-const MAX_HEADERS: usize = 128;
+/// Largest response head accepted (pingora's bound).
+pub const MAX_HEAD: usize = 1024 * 1024 - 1;
+/// Most header lines in a response head (pingora's bound).
+const MAX_HEADERS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HeadError {
@@ -33,6 +39,9 @@ pub struct Head {
     pub status: u16,
     /// `HTTP/1.<minor>`.
     pub minor: u8,
+    /// Some value holds an obs-fold (line break and indent): relayed with
+    /// each fold replaced by one space.
+    pub folded: bool,
     headers: Vec<(Range<usize>, Range<usize>)>,
 }
 
@@ -53,7 +62,11 @@ impl Head {
     pub fn parse(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut slots);
-        let len = match resp.parse(buf) {
+        let len = match httparse::ParserConfig::default()
+            .allow_spaces_after_header_name_in_responses(true)
+            .allow_obsolete_multiline_headers_in_responses(true)
+            .parse_response(&mut resp, buf)
+        {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
                 return Err(HeadError::TooLarge)
@@ -74,11 +87,13 @@ impl Head {
             .iter()
             .map(|h| (range(h.name.as_bytes()), range(h.value)))
             .collect();
+        let folded = resp.headers.iter().any(|h| h.value.contains(&b'\n'));
         Ok(Some((
             Head {
                 raw: buf[..len].to_vec(),
                 status: resp.code.unwrap_or(0),
                 minor: resp.version.unwrap_or(1),
+                folded,
                 headers,
             },
             len,
@@ -215,6 +230,17 @@ mod tests {
             head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n").framing(true),
             Ok(Framing::Empty)
         );
+    }
+
+    #[test]
+    fn repairable_heads_are_read_like_pingora_reads_them() {
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length : 3\r\nX-Fold: a\r\n b\r\n\r\n");
+        assert_eq!(h.framing(false), Ok(Framing::Length(3)));
+        assert!(h.folded);
+        assert_eq!(h.values("x-fold").next(), Some(&b"a\r\n b"[..]));
+        let h = head("HTTP/1.1 204 No Content\nX-A: 1\n\n");
+        assert_eq!((h.status, h.folded), (204, false));
+        assert_eq!(h.values("x-a").next(), Some(&b"1"[..]));
     }
 
     #[test]

@@ -117,6 +117,8 @@ enum Attempt {
     Silent,
     Invalid(HeadError),
     Client,
+    /// The client's chunked body is malformed (RFC 9112 7.1): a 400.
+    BadBody,
 }
 
 /// The backend that answered, on which connection.
@@ -169,7 +171,8 @@ impl<C: Side + ClientSide> Conn<'_, C> {
             Ok(sent) => sent,
             Err(Failed::Status(status)) => {
                 self.log(&job, None, status, (self.body_sent, 0));
-                return self.own(status, false).await;
+                // Closed after, as pingora does: the exchange failed midway.
+                return self.own(status, true).await;
             }
             Err(Failed::Client) => return Next::Gone,
         };
@@ -287,6 +290,7 @@ impl<C: Side + ClientSide> Conn<'_, C> {
                     return Ok(sent);
                 }
                 Err(Attempt::Client) => return Err(Failed::Client),
+                Err(Attempt::BadBody) => return Err(Failed::Status(400)),
                 Err(Attempt::Stale) => {
                     fresh = true;
                     continue;
@@ -366,12 +370,14 @@ impl<C: Side + ClientSide> Conn<'_, C> {
             Err(SendErr::Client) => return Err(Attempt::Client),
             Err(SendErr::Backend) => return Err(lost(body == Body::None)),
             Err(SendErr::Head(e)) => return Err(e),
+            Err(SendErr::BadBody) => return Err(Attempt::BadBody),
         };
         let body_unread = early.is_some() && body != Body::None;
         if early.is_none() {
             match self.send_body(&mut up, body).await {
                 Ok(()) => {}
                 Err(SendErr::Backend) => return Err(lost(false)),
+                Err(SendErr::BadBody) => return Err(Attempt::BadBody),
                 Err(SendErr::Client) | Err(SendErr::Head(_)) => return Err(Attempt::Client),
             }
         }
@@ -451,7 +457,7 @@ impl<C: Side + ClientSide> Conn<'_, C> {
             let take = match body {
                 Body::Chunked => match chunked.feed(avail) {
                     Ok(end) => end.unwrap_or(avail.len()),
-                    Err(_) => return Err(SendErr::Client),
+                    Err(_) => return Err(SendErr::BadBody),
                 },
                 _ => avail.len().min(usize::try_from(left).unwrap_or(usize::MAX)),
             };
@@ -527,6 +533,8 @@ enum SendErr {
     Backend,
     /// The client's side (its body) failed or stalled.
     Client,
+    /// The client's chunked framing is invalid.
+    BadBody,
     /// Reading an early answer failed.
     Head(Attempt),
 }

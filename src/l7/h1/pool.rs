@@ -10,8 +10,12 @@
 //! alive, or a new one.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::tls::client::Upstream;
 
@@ -24,6 +28,15 @@ const MAX_IDLE_AGE: Duration = Duration::from_secs(4);
 /// Reused for a request that may not be replayed only if it was last used
 /// this recently: a backend rarely closes a connection it just answered on.
 const SAFE_REUSE_AGE: Duration = Duration::from_millis(500);
+
+/// Does an idle connection have nothing to read? EOF (the backend closed
+/// it), an error, or bytes nobody asked for all make it unusable.
+fn quiet(conn: &mut Upstream) -> bool {
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    let mut cx = Context::from_waker(Waker::noop());
+    matches!(Pin::new(conn).poll_read(&mut cx, &mut buf), Poll::Pending)
+}
 
 /// One idle connection.
 pub struct Idle {
@@ -45,9 +58,9 @@ impl IdlePool {
     pub fn take(&self, addr: SocketAddr, replayable: bool) -> Option<Upstream> {
         let mut idle = self.idle.lock().ok()?;
         let now = Instant::now();
-        while let Some(c) = idle.pop() {
+        while let Some(mut c) = idle.pop() {
             let age = now.saturating_duration_since(c.since);
-            if c.addr != addr || age > MAX_IDLE_AGE {
+            if c.addr != addr || age > MAX_IDLE_AGE || !quiet(&mut c.conn) {
                 continue; // dropped: closed
             }
             if !replayable && age > SAFE_REUSE_AGE {

@@ -1,10 +1,14 @@
 //! The backend's answer, relayed to the client: its head rewritten
 //! (`rewrite::response_head`), its body in the backend's framing (length,
 //! chunked with trailers, or until the backend closes), de-chunked for an
-//! HTTP/1.0 client, with `response_idle` between the backend's reads and the
-//! listener's `idle` for the client's writes; then the upstream connection
-//! goes back to the pool when nothing about it is in doubt. Also tether's
-//! own answers and the request's metrics and access-log line.
+//! HTTP/1.0 client, chunked for an HTTP/1.1 client when the backend's body
+//! ends at its close (so the client's connection stays open, and a body the
+//! backend cuts short shows as such), with `response_idle` between the
+//! backend's reads and the listener's `idle` for the client's writes; then
+//! the upstream connection goes back to the pool when nothing about it is in
+//! doubt. A body whose framing is invalid before any byte went to the client
+//! is a 502. Also tether's own answers and the request's metrics and
+//! access-log line.
 
 use std::io::{IoSlice, Write as _};
 use std::sync::Arc;
@@ -33,6 +37,8 @@ enum Cut {
     /// The backend failed, closed early or was silent past `response_idle`:
     /// the client's response is incomplete, so its connection must close.
     Backend,
+    /// The body's framing is invalid and nothing was sent to the client yet.
+    Invalid,
 }
 
 /// Does the backend keep its connection open after this response?
@@ -73,20 +79,23 @@ impl<C: Side> Conn<'_, C> {
             l.pool
                 .passive_failure(&b, Failure::new(Fault::ServerError, true));
         }
-        let reframe = match (framing, self.req.minor) {
-            (Framing::Chunked, 0) => Reframe::Dechunk,
-            (Framing::Close, 1) => Reframe::Chunk,
+        let reframe = match framing {
+            Framing::Chunked if self.req.minor == 0 => Reframe::Dechunk,
+            // Close-delimited for want of any framing (not after a final
+            // coding other than chunked, which stays as the backend sent it).
+            Framing::Close
+                if self.req.minor == 1 && head.values("transfer-encoding").next().is_none() =>
+            {
+                Reframe::Chunk
+            }
             _ => Reframe::None,
         };
         let stopping = *self.stop.borrow();
-        // A body that ends with the connection, or whose end the client
-        // cannot see, ends the client's connection too.
-        let delimited = match reframe {
-            Reframe::None => framing != Framing::Close,
-            Reframe::Chunk => true,
-            Reframe::Dechunk => false,
-        };
-        let client_keeps = self.req.keep_alive && delimited && !body_unread && !stopping;
+        let client_keeps = self.req.keep_alive
+            && (framing != Framing::Close || reframe == Reframe::Chunk)
+            && reframe != Reframe::Dechunk
+            && !body_unread
+            && !stopping;
         let keep = match (client_keeps, self.req.minor) {
             (false, _) => Keep::Close,
             (true, 0) => Keep::Confirm,
@@ -108,11 +117,16 @@ impl<C: Side> Conn<'_, C> {
         b.upstream_active.dec();
         let (sent_out, clean) = match relayed {
             Ok(r) => r,
+            Err((_, Cut::Invalid)) => {
+                tracing::warn!(backend = %b.id, "invalid response body framing: answered 502");
+                self.out.clear();
+                self.log(&job, None, 502, (self.body_sent, 0));
+                return self.own(502, true).await;
+            }
             Err((n, cut)) => {
                 self.log(&job, Some(&b), status, (self.body_sent, n));
                 return match cut {
-                    Cut::Client => Next::Gone,
-                    Cut::Backend => Next::Gone,
+                    Cut::Client | Cut::Backend | Cut::Invalid => Next::Gone,
                 };
             }
         };
@@ -137,7 +151,6 @@ impl<C: Side> Conn<'_, C> {
         mut pos: usize,
     ) -> Result<(u64, bool), (u64, Cut)> {
         let dechunk = reframe == Reframe::Dechunk;
-        let chunk = reframe == Reframe::Chunk;
         let upstream_idle = self.l.pool.cfg().timeouts.response_idle;
         let client_idle = self.l.cfg.timeouts.idle;
         let mut chunked = Chunked::default();
@@ -150,16 +163,22 @@ impl<C: Side> Conn<'_, C> {
         let mut plain = Vec::new();
         loop {
             let avail = &self.ubuf[pos..];
+            // Invalid framing before the head left: the client gets a 502.
+            let bad = if self.out.is_empty() {
+                Cut::Backend
+            } else {
+                Cut::Invalid
+            };
             let (take, done) = match framing {
                 Framing::Chunked if dechunk => {
                     plain.clear();
                     let end = chunked
                         .feed_with(avail, |p| plain.extend_from_slice(p))
-                        .map_err(|_| (sent, Cut::Backend))?;
+                        .map_err(|_| (sent, bad))?;
                     (end.unwrap_or(avail.len()), end.is_some())
                 }
                 Framing::Chunked => {
-                    let end = chunked.feed(avail).map_err(|_| (sent, Cut::Backend))?;
+                    let end = chunked.feed(avail).map_err(|_| (sent, bad))?;
                     (end.unwrap_or(avail.len()), end.is_some())
                 }
                 _ => {
@@ -167,16 +186,18 @@ impl<C: Side> Conn<'_, C> {
                     (n, n as u64 == left)
                 }
             };
-            if chunk && take > 0 {
+            if reframe == Reframe::Chunk {
                 plain.clear();
-                let _ = write!(plain, "{take:x}\r\n");
-                plain.extend_from_slice(&avail[..take]);
-                plain.extend_from_slice(b"\r\n");
+                if take > 0 {
+                    let _ = write!(plain, "{take:x}\r\n");
+                    plain.extend_from_slice(&avail[..take]);
+                    plain.extend_from_slice(b"\r\n");
+                }
             }
-            let body = if dechunk || (chunk && take > 0) {
-                &plain[..]
-            } else {
+            let body = if reframe == Reframe::None {
                 &avail[..take]
+            } else {
+                &plain[..]
             };
             let write = if !self.out.is_empty() && body.len() <= COALESCE {
                 // The head and a small body: one write.
@@ -196,8 +217,13 @@ impl<C: Side> Conn<'_, C> {
             if !matches!(write, Ok(Ok(()))) {
                 return Err((sent, Cut::Client));
             }
-            sent += body.len() as u64;
-            self.l.bytes_out.inc_by(body.len() as u64);
+            let payload = if reframe == Reframe::Chunk {
+                take
+            } else {
+                body.len()
+            };
+            sent += payload as u64;
+            self.l.bytes_out.inc_by(payload as u64);
             pos += take;
             left = left.saturating_sub(take as u64);
             if done || left == 0 {
@@ -212,11 +238,13 @@ impl<C: Side> Conn<'_, C> {
                 Ok(Ok(n)) if n > 0 => {}
                 // The backend closed: the end of a close-delimited body.
                 Ok(Ok(_)) if framing == Framing::Close => {
-                    let end: &[u8] = if chunk { b"0\r\n\r\n" } else { b"" };
-                    let w = timeout(client_idle, write_all(&mut self.io, end)).await;
-                    if !matches!(w, Ok(Ok(()))) {
-                        return Err((sent, Cut::Client));
+                    if reframe == Reframe::Chunk {
+                        let end = timeout(client_idle, write_all(&mut self.io, b"0\r\n\r\n"));
+                        if !matches!(end.await, Ok(Ok(()))) {
+                            return Err((sent, Cut::Client));
+                        }
                     }
+                    let _ = self.io.flush().await;
                     return Ok((sent, false));
                 }
                 _ => {

@@ -9,11 +9,17 @@
 //! header it sent; then tether's own: `X-Tether-Session`, the move headers,
 //! `X-Forwarded-For` (a trusted proxy's list with the peer appended) and
 //! `X-Forwarded-Proto`. `Transfer-Encoding` stays: the body is relayed in the
-//! framing the client chose.
+//! framing the client chose. `Host` is an absolute-form target's authority
+//! when the client's differs (RFC 9112 3.2.2: a proxy generates it from the
+//! target), and a request without one (HTTP/1.0) gets an empty one (3.2: an
+//! HTTP/1.1 request always carries `Host`, empty when the target has no
+//! authority).
 //!
 //! To the client: the backend's status and headers, less its connection
-//! headers (the client's connection is tether's), plus the insert-mode
-//! cookie and tether's own `Connection` decision.
+//! headers (the client's connection is tether's), obs-folds replaced by a
+//! space (RFC 9112 5.2), plus the insert-mode cookie, the body's new framing
+//! when tether changes it ([`Reframe`]) and tether's own `Connection`
+//! decision.
 
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -160,18 +166,23 @@ pub fn request_head(out: &mut Vec<u8>, l: &ListenerRt, buf: &[u8], req: &Request
             }
             has_proto |= eq(name, "x-forwarded-proto");
         }
-        has_host |= eq(name, "host");
+        if eq(name, "host") {
+            // An absolute-form target's authority replaces a Host that
+            // differs (RFC 9112 3.2.2).
+            if authority.is_some_and(|a| !a.eq_ignore_ascii_case(value)) {
+                continue;
+            }
+            has_host = true;
+        }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     if !has_host {
-        if let Some(a) = authority {
-            out.extend_from_slice(b"host: ");
-            out.extend_from_slice(a);
-            out.extend_from_slice(b"\r\n");
-        }
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(authority.unwrap_or_default());
+        out.extend_from_slice(b"\r\n");
     }
     if add.websocket {
         out.extend_from_slice(b"connection: upgrade\r\n");
@@ -219,19 +230,20 @@ pub enum Keep {
     Close,
 }
 
-/// How the client's body framing differs from the backend's.
+/// How tether re-frames a response body on its way to the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reframe {
     /// As the backend framed it.
     None,
-    /// Without its chunked framing (an HTTP/1.0 client): `Transfer-Encoding` goes.
+    /// Chunked from the backend, plain to an HTTP/1.0 client (close-delimited).
     Dechunk,
-    /// A close-delimited body, chunked for an HTTP/1.1 client: a cut stays
-    /// visible (no last chunk) and the connection can be kept.
+    /// Close-delimited from the backend, chunked to an HTTP/1.1 client, so
+    /// its connection can stay open (as pingora does).
     Chunk,
 }
 
 /// Write the client's response head for the backend's `head` into `out`.
+/// `reframe`: `Transfer-Encoding` goes (de-chunked) or is added (chunked).
 pub fn response_head(
     out: &mut Vec<u8>,
     l: &ListenerRt,
@@ -240,16 +252,18 @@ pub fn response_head(
     keep: Keep,
     reframe: Reframe,
 ) {
-    let dechunk = reframe == Reframe::Dechunk;
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
-    // The status code and reason phrase as the backend wrote them.
+    // The status code and reason phrase as the backend wrote them (its line
+    // may end in a bare LF).
     let line_end = head
         .raw
         .iter()
-        .position(|&b| b == b'\r')
+        .position(|&b| b == b'\n')
         .unwrap_or(head.raw.len());
-    out.extend_from_slice(head.raw.get(9..line_end).unwrap_or(b"502 Bad Gateway"));
+    let line = &head.raw[..line_end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    out.extend_from_slice(line.get(9..).unwrap_or(b"502 Bad Gateway"));
     out.extend_from_slice(b"\r\n");
     let nominated: Vec<&[u8]> = head
         .values("connection")
@@ -261,21 +275,25 @@ pub fn response_head(
         let drop = eq(name, "connection")
             || eq(name, "keep-alive")
             || eq(name, "proxy-connection")
-            || (dechunk && eq(name, "transfer-encoding"))
+            || (reframe == Reframe::Dechunk && eq(name, "transfer-encoding"))
             || nominated.iter().any(|t| t.eq_ignore_ascii_case(name));
         if drop {
             continue;
         }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
+        if head.folded {
+            unfold(out, value);
+        } else {
+            out.extend_from_slice(value);
+        }
         out.extend_from_slice(b"\r\n");
-    }
-    if let Some(v) = set_cookie {
-        cookie_line(out, l, v);
     }
     if reframe == Reframe::Chunk {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if let Some(v) = set_cookie {
+        cookie_line(out, l, v);
     }
     match keep {
         Keep::Default => {}
@@ -283,6 +301,25 @@ pub fn response_head(
         Keep::Close => out.extend_from_slice(b"connection: close\r\n"),
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// `value` with every obs-fold (a line break and the indent after it)
+/// replaced by one space.
+fn unfold(out: &mut Vec<u8>, value: &[u8]) {
+    let mut folding = false;
+    for &b in value {
+        match b {
+            b'\r' | b'\n' => folding = true,
+            b' ' | b'\t' if folding => {}
+            _ => {
+                if folding {
+                    out.push(b' ');
+                    folding = false;
+                }
+                out.push(b);
+            }
+        }
+    }
 }
 
 /// The insert-mode `Set-Cookie` line for cookie value `v`.
