@@ -36,6 +36,7 @@ pub(super) fn redis_config(port: u16) -> RedisConfig {
 pub(super) fn strict_config(port: u16) -> RedisConfig {
     RedisConfig {
         tls: false,
+        ca: None,
         host: "127.0.0.1".into(),
         port,
         db: 0,
@@ -45,6 +46,7 @@ pub(super) fn strict_config(port: u16) -> RedisConfig {
         connect_timeout: Duration::from_millis(300),
         command_timeout: COMMAND_TIMEOUT,
         sentinel: None,
+        cluster: None,
     }
 }
 
