@@ -170,10 +170,10 @@ pub(super) async fn open_cluster(
     b.build()?.get_async_connection().await
 }
 
-/// The nodes of a `CLUSTER NODES` answer that are not failing, masters first:
-/// where the events subscription may go (a message published anywhere in a
-/// cluster reaches every node).
-pub(super) fn cluster_nodes(text: &str) -> Vec<(String, u16)> {
+/// The nodes of a `CLUSTER NODES` answer that are not failing: (masters,
+/// replicas), where the events subscription may go (a message published
+/// anywhere in a cluster reaches every node).
+pub(super) fn cluster_nodes(text: &str) -> (Vec<(String, u16)>, Vec<(String, u16)>) {
     let mut masters = Vec::new();
     let mut replicas = Vec::new();
     for line in text.lines() {
@@ -199,8 +199,7 @@ pub(super) fn cluster_nodes(text: &str) -> Vec<(String, u16)> {
             false => replicas.push((host, port)),
         }
     }
-    masters.extend(replicas);
-    masters
+    (masters, replicas)
 }
 
 /// The text of an `INFO` answer: one per node on a cluster (every master answers).
@@ -226,10 +225,10 @@ c3 127.0.0.1:7003@17003,host-3 slave a1 0 0 1 connected
 d4 127.0.0.1:7004@17004 master - 0 0 3 connected 5461-10922
 e5 :0@0 master,noaddr - 0 0 0 disconnected
 ";
-        let nodes = super::cluster_nodes(text);
-        let ports: Vec<u16> = nodes.iter().map(|n| n.1).collect();
+        let (masters, replicas) = super::cluster_nodes(text);
+        let ports: Vec<u16> = masters.iter().chain(&replicas).map(|n| n.1).collect();
         assert_eq!(ports, [7001, 7004, 7003]);
-        assert!(nodes.iter().all(|n| n.0 == "127.0.0.1"));
+        assert!(masters.iter().all(|n| n.0 == "127.0.0.1"));
     }
 
     #[test]

@@ -60,8 +60,8 @@ pub(super) struct Link {
     /// The client behind `conn`, for pub/sub connections to the same server
     /// (not with a cluster).
     client: ArcSwapOption<Client>,
-    /// The cluster's nodes as last read (masters first), else the seeds.
-    nodes: ArcSwap<Vec<(String, u16)>>,
+    /// The cluster's nodes as last read: masters, then replicas and seeds.
+    nodes: ArcSwap<(Vec<(String, u16)>, Vec<(String, u16)>)>,
     sentinel: Option<Mutex<SentinelClient>>,
     state: AtomicU8,
     /// Bumped on every state change, so waiters (pub/sub) notice.
@@ -85,7 +85,7 @@ impl Link {
             cfg: cfg.clone(),
             conn: ArcSwapOption::empty(),
             client: ArcSwapOption::empty(),
-            nodes: ArcSwap::from_pointee(seeds.unwrap_or_default()),
+            nodes: ArcSwap::from_pointee((Vec::new(), seeds.unwrap_or_default())),
             sentinel,
             state: AtomicU8::new(State::Down as u8),
             changes,
@@ -164,10 +164,14 @@ impl Link {
                 .arg("NODES")
                 .query_async(&mut c)
                 .await?;
-            let mut nodes = conn::cluster_nodes(&text);
+            let (masters, mut others) = conn::cluster_nodes(&text);
             // Seeds stay candidates too: the layout read may already be stale.
-            nodes.extend(cluster.nodes.iter().filter(|n| !nodes.contains(n)).cloned().collect::<Vec<_>>());
-            self.nodes.store(Arc::new(nodes));
+            for seed in &cluster.nodes {
+                if !masters.contains(seed) && !others.contains(seed) {
+                    others.push(seed.clone());
+                }
+            }
+            self.nodes.store(Arc::new((masters, others)));
             return Ok((None, Conn::Cluster(c)));
         }
         let client = self.client_for_master().await?;
@@ -224,9 +228,9 @@ impl Link {
         StoreError::Unavailable(format!("redis at {target}: {e}"))
     }
 
-    /// A pub/sub connection to the server the commands go to; on a cluster, to
-    /// the first node that answers, starting at `start` in the node list
-    /// (masters first), with the node's `host:port`.
+    /// A pub/sub connection to the server the commands go to, with its name;
+    /// on a cluster, to the first node that answers: the masters from the
+    /// `start`th on (instances spread over them), then replicas and seeds.
     pub(super) async fn pubsub(&self, start: usize) -> Result<(redis::aio::PubSub, String), Fail> {
         let within = self.cfg.connect_timeout;
         if !self.is_cluster() {
@@ -238,9 +242,11 @@ impl Link {
             };
         }
         let nodes = self.nodes.load_full();
+        let (masters, others) = &*nodes;
+        let first = start % masters.len().max(1);
+        let order = masters[first..].iter().chain(&masters[..first]).chain(others);
         let mut last = Fail::Down;
-        for i in 0..nodes.len() {
-            let (host, port) = &nodes[(start + i) % nodes.len()];
+        for (host, port) in order {
             let client = conn::client_at(&self.cfg, host, *port)?;
             match tokio::time::timeout(within, client.get_async_pubsub()).await {
                 Ok(Ok(pubsub)) => return Ok((pubsub, format!("{host}:{port}"))),
