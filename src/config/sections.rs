@@ -207,7 +207,17 @@ fn redis(r: &mut Report, path: &KeyPath, raw: RawRedis) -> Option<RedisConfig> {
             "cluster and sentinel exclude each other: a cluster fails over by itself",
         );
     }
-    let ca = raw.ca.as_ref().and_then(|s| ca_file(r, &path.key("ca"), s));
+    let ca = match (&raw.ca, url.as_ref().map(|u| u.tls)) {
+        (Some(_), Some(false)) => {
+            r.err(
+                &path.key("ca"),
+                "ca applies to TLS only: write the url as rediss://",
+            );
+            None
+        }
+        (Some(file), _) => ca_file(r, &path.key("ca"), file),
+        (None, _) => None,
+    };
     let url = url?;
     if url.host.is_empty() && sentinel.is_none() && cluster.is_none() {
         r.err(
@@ -215,12 +225,6 @@ fn redis(r: &mut Report, path: &KeyPath, raw: RawRedis) -> Option<RedisConfig> {
             "redis.url has no host (only with `sentinel` or `cluster` may it be left out, like redis:///0)",
         );
         return None;
-    }
-    if ca.is_some() && !url.tls {
-        r.err(
-            &path.key("ca"),
-            "ca applies to TLS only: write the url as rediss://",
-        );
     }
     if cluster.is_some() {
         if url.db != 0 {
