@@ -697,16 +697,27 @@ fn redis_cluster_and_ca_settings_parse() {
     let StoreKind::Redis(r) = &snap.store.kind else {
         panic!("redis store expected")
     };
-    assert!(r.tls && r.ca.as_ref().is_some_and(|pem| pem.starts_with(b"-----BEGIN")));
+    assert!(
+        r.tls
+            && r.ca
+                .as_ref()
+                .is_some_and(|pem| pem.starts_with(b"-----BEGIN"))
+    );
     assert_eq!(r.password.as_deref(), Some("pw"));
     let c = r.cluster.as_ref().expect("cluster");
     let nodes = [("10.0.0.1", 7000), ("::1", 6379), ("c.internal", 6379)];
     assert_eq!(c.nodes, nodes.map(|(h, p)| (h.to_owned(), p)).to_vec());
-    assert_eq!(r.target(), "cluster 10.0.0.1:7000,[::1]:6379,c.internal:6379");
+    assert_eq!(
+        r.target(),
+        "cluster 10.0.0.1:7000,[::1]:6379,c.internal:6379"
+    );
     // The lease's keys cannot share a slot: no VIP on a cluster.
     let vip = format!("{text}vip: {{ address: 10.0.0.100/24, interface: lo }}\n");
     let err = config::parse(&dir.path().join("t.yaml"), &vip).expect_err("vip on a cluster");
-    assert!(err.to_string().contains("not `store.redis.cluster`"), "{err}");
+    assert!(
+        err.to_string().contains("not `store.redis.cluster`"),
+        "{err}"
+    );
 }
 
 /// A temp dir with certificates `a` (a.test) and `b` (b.test), a CA file,

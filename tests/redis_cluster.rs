@@ -10,7 +10,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis_ha::{cli, cli_with, new_session, owner_via, subscribed_on, Cluster, Made, Traffic};
+use common::redis_ha::{
+    cli, cli_with, new_session, owner_via, subscribed_on, Cluster, Made, Traffic,
+};
 use common::{backend_yaml, backends, wait_state, whoami, Client, Tether};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -31,13 +33,24 @@ fn redis_key(cookie: &str) -> String {
 }
 
 async fn metrics(t: &Tether) -> String {
-    Client::new(t.admin).get("/metrics", &[]).await.unwrap().text()
+    Client::new(t.admin)
+        .get("/metrics", &[])
+        .await
+        .unwrap()
+        .text()
 }
 
 async fn wait_store_up(t: &Tether, limit: Duration) {
     let t0 = Instant::now();
-    while !metrics(t).await.contains("tether_store_up{store=\"redis\"} 1") {
-        assert!(t0.elapsed() < limit, "store not up within {limit:?}:\n{}", t.log_text());
+    while !metrics(t)
+        .await
+        .contains("tether_store_up{store=\"redis\"} 1")
+    {
+        assert!(
+            t0.elapsed() < limit,
+            "store not up within {limit:?}:\n{}",
+            t.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -50,7 +63,11 @@ async fn sessions(a: &Tether, b: &Tether, n: usize) -> Vec<Made> {
         let (t, other) = if i % 2 == 0 { (a, b) } else { (b, a) };
         let m = new_session(t.addr("web")).await.expect("new session");
         let owner = owner_via(other.addr("web"), &m.cookie).await;
-        assert_eq!(owner.as_deref(), Ok(m.owner.as_str()), "the other instance agrees");
+        assert_eq!(
+            owner.as_deref(),
+            Ok(m.owner.as_str()),
+            "the other instance agrees"
+        );
         out.push(m);
     }
     out
@@ -94,7 +111,11 @@ async fn sessions_spread_over_every_master_and_a_reshard_fails_no_request() {
     for (_, port) in &masters {
         let keys = cli(*port, &["--scan", "--pattern", "t:s:app:*"]);
         let n = keys.lines().count();
-        assert!(n > 50, "master {port} holds {n} of 300 sessions\n{}", a.log_text());
+        assert!(
+            n > 50,
+            "master {port} holds {n} of 300 sessions\n{}",
+            a.log_text()
+        );
     }
     all_agree(&cluster, &a, &bb, &made, Duration::from_secs(5)).await;
 
@@ -108,8 +129,16 @@ async fn sessions_spread_over_every_master_and_a_reshard_fails_no_request() {
     let t0 = Instant::now();
     let out = tokio::task::spawn_blocking(move || {
         let args = [
-            "--cluster", "reshard", &seed, "--cluster-from", &from.0, "--cluster-to", &to.0,
-            "--cluster-slots", "3000", "--cluster-yes",
+            "--cluster",
+            "reshard",
+            &seed,
+            "--cluster-from",
+            &from.0,
+            "--cluster-to",
+            &to.0,
+            "--cluster-slots",
+            "3000",
+            "--cluster-yes",
         ];
         cli_with(&[], &args)
     })
@@ -118,14 +147,24 @@ async fn sessions_spread_over_every_master_and_a_reshard_fails_no_request() {
     let took = t0.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (ok, failed, made) = traffic.stop().await;
-    eprintln!("reshard of 3000 slots took {took:?}; {ok} requests fine, {} failed", failed.len());
+    eprintln!(
+        "reshard of 3000 slots took {took:?}; {ok} requests fine, {} failed",
+        failed.len()
+    );
     assert!(out.contains("Moving slot"), "reshard did not run:\n{out}");
-    assert!(failed.is_empty(), "requests failed during the reshard: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "requests failed during the reshard: {failed:?}"
+    );
     assert!(ok > 200, "traffic flowed: {ok}");
     let after = cluster.masters();
     let slots_of = |id: &str| {
         let nodes = cli(after[0].1, &["CLUSTER", "NODES"]);
-        let line = nodes.lines().find(|l| l.starts_with(id)).unwrap_or_default().to_owned();
+        let line = nodes
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_default()
+            .to_owned();
         line
     };
     // The receiving master now serves two slot ranges.
@@ -154,12 +193,18 @@ async fn two_masters_killed_in_turn_fail_no_request_and_lose_no_session() {
     let t0 = Instant::now();
     let mut subscribed = subscribed_on(&cluster);
     while subscribed.is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(5), "no subscription on a master");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no subscription on a master"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         subscribed = subscribed_on(&cluster);
     }
     let first = subscribed[0];
-    let second = *original.iter().find(|p| **p != first).expect("another master");
+    let second = *original
+        .iter()
+        .find(|p| **p != first)
+        .expect("another master");
     let mut timings = Vec::new();
     for victim in [first, second] {
         let killed_at = Instant::now();
@@ -174,8 +219,14 @@ async fn two_masters_killed_in_turn_fail_no_request_and_lose_no_session() {
         tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     let (ok, failed, made) = traffic.stop().await;
-    eprintln!("failovers {timings:?}: {ok} requests fine, {} failed", failed.len());
-    assert!(failed.is_empty(), "requests failed during the failovers: {failed:?}");
+    eprintln!(
+        "failovers {timings:?}: {ok} requests fine, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "requests failed during the failovers: {failed:?}"
+    );
     assert!(ok > 200, "traffic flowed: {ok}");
     // Nothing lost (sessions made during an outage are written back), and
     // both instances route every session to the same owner.
@@ -183,7 +234,12 @@ async fn two_masters_killed_in_turn_fail_no_request_and_lose_no_session() {
     // Events flow again: a drain through either instance reaches the other.
     for (from, to) in [(&a, &bb), (&bb, &a)] {
         let r = Client::new(from.admin)
-            .request("POST", "/api/pools/app/backends/b2/drain", &[], br#"{"deadline":"1m"}"#)
+            .request(
+                "POST",
+                "/api/pools/app/backends/b2/drain",
+                &[],
+                br#"{"deadline":"1m"}"#,
+            )
             .await
             .unwrap();
         assert_eq!(r.status, 202);

@@ -31,14 +31,22 @@ fn redis_key(cookie: &str) -> String {
 }
 
 async fn store_up(t: &Tether) -> bool {
-    let m = Client::new(t.admin).get("/metrics", &[]).await.unwrap().text();
+    let m = Client::new(t.admin)
+        .get("/metrics", &[])
+        .await
+        .unwrap()
+        .text();
     m.contains("tether_store_up{store=\"redis\"} 1")
 }
 
 async fn wait_store_up(t: &Tether, limit: Duration) {
     let t0 = Instant::now();
     while !store_up(t).await {
-        assert!(t0.elapsed() < limit, "store not up within {limit:?}:\n{}", t.log_text());
+        assert!(
+            t0.elapsed() < limit,
+            "store not up within {limit:?}:\n{}",
+            t.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -51,7 +59,11 @@ async fn sessions(a: &Tether, b: &Tether, n: usize) -> Vec<Made> {
         let (t, other) = if i % 2 == 0 { (a, b) } else { (b, a) };
         let m = new_session(t.addr("web")).await.expect("new session");
         let owner = owner_via(other.addr("web"), &m.cookie).await;
-        assert_eq!(owner.as_deref(), Ok(m.owner.as_str()), "the other instance agrees");
+        assert_eq!(
+            owner.as_deref(),
+            Ok(m.owner.as_str()),
+            "the other instance agrees"
+        );
         out.push(m);
     }
     out
@@ -121,8 +133,14 @@ async fn a_sentinel_failover_is_followed_without_a_failed_request() {
     );
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let (ok, failed, made) = traffic.stop().await;
-    eprintln!("sentinel failover: {ok} requests fine, {} failed", failed.len());
-    assert!(failed.is_empty(), "requests failed during the failover: {failed:?}");
+    eprintln!(
+        "sentinel failover: {ok} requests fine, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "requests failed during the failover: {failed:?}"
+    );
     assert!(ok > 100, "traffic flowed: {ok}");
     all_agree(&a, &bb, &made, |key| cli(replica, &["GET", key])).await;
 }
@@ -166,7 +184,10 @@ async fn the_shared_store_works_over_tls_with_the_configured_ca() {
     // The system roots do not know the test's CA: a clear error at start.
     let (code, err) = start_fails(&yaml(&b, &url));
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("certificate") || err.contains("UnknownIssuer"), "{err}");
+    assert!(
+        err.contains("certificate") || err.contains("UnknownIssuer"),
+        "{err}"
+    );
 
     let cfg = yaml(&b, &format!("{url}, ca: \"{}\"", r.ca.display()));
     let (a, bb) = (Tether::start(&cfg), Tether::start(&cfg));
@@ -187,8 +208,14 @@ async fn the_shared_store_works_over_tls_with_the_configured_ca() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (ok, failed, made) = traffic.stop().await;
     eprintln!("TLS outage: {ok} requests fine, {} failed", failed.len());
-    assert!(failed.is_empty(), "requests failed during the outage: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "requests failed during the outage: {failed:?}"
+    );
     assert!(ok > 100, "traffic flowed: {ok}");
     all_agree(&a, &bb, &made, |key| r.cli(&["GET", key])).await;
-    assert!(r.cli(&["EXISTS", "t:secret"]).contains('1'), "the secret is written back");
+    assert!(
+        r.cli(&["EXISTS", "t:secret"]).contains('1'),
+        "the secret is written back"
+    );
 }

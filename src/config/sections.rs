@@ -317,7 +317,10 @@ fn ca_file(r: &mut Report, path: &KeyPath, raw: &Scalar) -> Option<Vec<u8>> {
     match certs {
         Ok(c) if !c.is_empty() => Some(pem),
         Ok(_) => {
-            r.err(path, format!("ca `{}` holds no PEM certificate", file.display()));
+            r.err(
+                path,
+                format!("ca `{}` holds no PEM certificate", file.display()),
+            );
             None
         }
         Err(e) => {

@@ -112,8 +112,13 @@ impl Cluster {
             std::fs::create_dir(&own).expect("node dir");
             args.extend(["--dir".to_owned(), own.display().to_string()]);
             let conf = dir.path().join(format!("nodes-{port}.conf"));
-            args.extend(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"].map(String::from));
-            args.extend(["--cluster-config-file".to_owned(), conf.display().to_string()]);
+            args.extend(
+                ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"].map(String::from),
+            );
+            args.extend([
+                "--cluster-config-file".to_owned(),
+                conf.display().to_string(),
+            ]);
             let child = Node::spawn("redis-server", &args);
             nodes.push(Node {
                 child: Some(child),
@@ -125,12 +130,18 @@ impl Cluster {
                 cli(n.port, &["PING"]).contains("PONG")
             });
         }
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let mut args = vec!["--cluster", "create"];
         args.extend(addrs.iter().map(String::as_str));
         args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
         let out = cli_with(&[], &args);
-        assert!(out.contains("All 16384 slots covered"), "cluster create:\n{out}");
+        assert!(
+            out.contains("All 16384 slots covered"),
+            "cluster create:\n{out}"
+        );
         let cluster = Cluster { nodes, _dir: dir };
         cluster.wait_ok(Duration::from_secs(20));
         // A replica that never synced is not eligible for promotion.
@@ -152,7 +163,11 @@ impl Cluster {
     }
 
     pub fn live_port(&self) -> u16 {
-        self.nodes.iter().find(|n| n.alive()).map(|n| n.port).expect("a live node")
+        self.nodes
+            .iter()
+            .find(|n| n.alive())
+            .map(|n| n.port)
+            .expect("a live node")
     }
 
     /// `(id, port)` of the masters serving slots, as a live node sees them.
@@ -164,7 +179,10 @@ impl Cluster {
             if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
                 continue;
             }
-            let port = f[1].split(['@', ',']).next().and_then(|a| a.rsplit_once(':'));
+            let port = f[1]
+                .split(['@', ','])
+                .next()
+                .and_then(|a| a.rsplit_once(':'));
             if let Some(Ok(port)) = port.map(|(_, p)| p.parse()) {
                 out.push((f[0].to_owned(), port));
             }
@@ -196,7 +214,10 @@ impl Cluster {
     }
 
     pub fn node(&mut self, port: u16) -> &mut Node {
-        self.nodes.iter_mut().find(|n| n.port == port).expect("node")
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("node")
     }
 
     /// The value of `key`, following redirections.
@@ -441,7 +462,11 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    pub fn start(addrs: [std::net::SocketAddr; 2], sessions: Vec<Made>, new_every: usize) -> Traffic {
+    pub fn start(
+        addrs: [std::net::SocketAddr; 2],
+        sessions: Vec<Made>,
+        new_every: usize,
+    ) -> Traffic {
         use std::sync::atomic::Ordering::Relaxed;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sessions = std::sync::Arc::new(std::sync::Mutex::new(sessions));
@@ -451,7 +476,7 @@ impl Traffic {
             let mut i = 0usize;
             while !s.load(Relaxed) {
                 i += 1;
-                if new_every > 0 && i % new_every == 0 {
+                if new_every > 0 && i.is_multiple_of(new_every) {
                     match new_session(addrs[(i / new_every) % 2]).await {
                         Ok(m) => {
                             list.lock().unwrap().push(m);
@@ -469,7 +494,9 @@ impl Traffic {
                 for addr in addrs {
                     match owner_via(addr, &m.cookie).await {
                         Ok(o) if o == m.owner => ok += 1,
-                        Ok(o) => failed.push(format!("{addr}: {} on {o}, not {}", m.cookie, m.owner)),
+                        Ok(o) => {
+                            failed.push(format!("{addr}: {} on {o}, not {}", m.cookie, m.owner))
+                        }
                         Err(e) => failed.push(e),
                     }
                 }

@@ -32,6 +32,9 @@ const CLUSTER_ATTEMPTS: u32 = 6;
 const CLUSTER_RETRY_MIN_MS: u64 = 5;
 const CLUSTER_RETRY_MAX_MS: u64 = 100;
 
+/// `(host, port)` of cluster nodes.
+pub(super) type Nodes = Vec<(String, u16)>;
+
 #[derive(Clone)]
 pub(super) enum Conn {
     Single(ConnectionManager),
@@ -173,7 +176,7 @@ pub(super) async fn open_cluster(
 /// The nodes of a `CLUSTER NODES` answer that are not failing: (masters,
 /// replicas), where the events subscription may go (a message published
 /// anywhere in a cluster reaches every node).
-pub(super) fn cluster_nodes(text: &str) -> (Vec<(String, u16)>, Vec<(String, u16)>) {
+pub(super) fn cluster_nodes(text: &str) -> (Nodes, Nodes) {
     let mut masters = Vec::new();
     let mut replicas = Vec::new();
     for line in text.lines() {
@@ -182,7 +185,10 @@ pub(super) fn cluster_nodes(text: &str) -> (Vec<(String, u16)>, Vec<(String, u16
         else {
             continue;
         };
-        if flags.split(',').any(|f| matches!(f, "fail" | "fail?" | "noaddr" | "handshake")) {
+        if flags
+            .split(',')
+            .any(|f| matches!(f, "fail" | "fail?" | "noaddr" | "handshake"))
+        {
             continue;
         }
         // `ip:port@cport[,hostname]`
@@ -193,7 +199,10 @@ pub(super) fn cluster_nodes(text: &str) -> (Vec<(String, u16)>, Vec<(String, u16
         let (Ok(port), false) = (port.parse::<u16>(), host.is_empty()) else {
             continue;
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         match flags.split(',').any(|f| f == "master") {
             true => masters.push((host, port)),
             false => replicas.push((host, port)),

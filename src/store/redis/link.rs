@@ -61,7 +61,7 @@ pub(super) struct Link {
     /// (not with a cluster).
     client: ArcSwapOption<Client>,
     /// The cluster's nodes as last read: masters, then replicas and seeds.
-    nodes: ArcSwap<(Vec<(String, u16)>, Vec<(String, u16)>)>,
+    nodes: ArcSwap<(conn::Nodes, conn::Nodes)>,
     sentinel: Option<Mutex<SentinelClient>>,
     state: AtomicU8,
     /// Bumped on every state change, so waiters (pub/sub) notice.
@@ -244,7 +244,10 @@ impl Link {
         let nodes = self.nodes.load_full();
         let (masters, others) = &*nodes;
         let first = start % masters.len().max(1);
-        let order = masters[first..].iter().chain(&masters[..first]).chain(others);
+        let order = masters[first..]
+            .iter()
+            .chain(&masters[..first])
+            .chain(others);
         let mut last = Fail::Down;
         for (host, port) in order {
             let client = conn::client_at(&self.cfg, host, *port)?;

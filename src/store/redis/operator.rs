@@ -136,7 +136,8 @@ impl Shared {
         }
         let mut pipe = redis::pipe();
         for m in &members {
-            pipe.cmd("GET").arg(format!("{}{m}", self.keys.drain_prefix));
+            pipe.cmd("GET")
+                .arg(format!("{}{m}", self.keys.drain_prefix));
         }
         let deadlines = self.pipeline("drains", pipe).await?;
         for (member, deadline) in members.iter().zip(&deadlines) {
