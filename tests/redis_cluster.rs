@@ -32,6 +32,22 @@ fn redis_key(cookie: &str) -> String {
     format!("t:s:app:{}", &cookie[..22])
 }
 
+/// How many slots the node `id` serves (`CLUSTER NODES`: `a-b` ranges and single slots).
+fn slots(c: &Cluster, id: &str) -> usize {
+    let nodes = cli(c.live_port(), &["CLUSTER", "NODES"]);
+    let line = nodes
+        .lines()
+        .find(|l| l.starts_with(id))
+        .unwrap_or_default();
+    (line.split_whitespace().skip(8))
+        .filter(|r| !r.starts_with('['))
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().unwrap_or(0) + 1 - a.parse::<usize>().unwrap_or(0),
+            None => 1,
+        })
+        .sum()
+}
+
 async fn metrics(t: &Tether) -> String {
     Client::new(t.admin)
         .get("/metrics", &[])
@@ -125,6 +141,7 @@ async fn sessions_spread_over_every_master_and_a_reshard_fails_no_request() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (from, to) = (masters[0].clone(), masters[1].clone());
     let to_id = to.0.clone();
+    let before = slots(&cluster, &to_id);
     let seed = format!("127.0.0.1:{}", from.1);
     let t0 = Instant::now();
     let out = tokio::task::spawn_blocking(move || {
@@ -157,23 +174,24 @@ async fn sessions_spread_over_every_master_and_a_reshard_fails_no_request() {
         "requests failed during the reshard: {failed:?}"
     );
     assert!(ok > 200, "traffic flowed: {ok}");
-    let after = cluster.masters();
-    let slots_of = |id: &str| {
-        let nodes = cli(after[0].1, &["CLUSTER", "NODES"]);
-        let line = nodes
-            .lines()
-            .find(|l| l.starts_with(id))
-            .unwrap_or_default()
-            .to_owned();
-        line
-    };
-    // The receiving master now serves two slot ranges.
-    let line = slots_of(&to_id);
-    assert!(line.split_whitespace().count() > 9, "{line}");
+    // The receiving master serves 3000 more slots.
+    assert_eq!(slots(&cluster, &to_id), before + 3000);
     all_agree(&cluster, &a, &bb, &made, Duration::from_secs(5)).await;
+    // Redirections were followed by the client: the store never fell back to
+    // its outage mode (nothing was queued).
     for t in [&a, &bb] {
         let m = metrics(t).await;
         assert!(m.contains("tether_store_up{store=\"redis\"} 1"), "{m}");
+        let queued = m.lines().find(|l| {
+            l.starts_with("tether_store_operations_total")
+                && l.contains("op=\"queue\"")
+                && l.contains("result=\"queued\"")
+        });
+        let n = queued.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        assert!(
+            n.unwrap_or(0.0) == 0.0,
+            "writes queued during the reshard: {queued:?}"
+        );
     }
 }
 
