@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building (and, with `--test`, testing) tether needs on Debian:
-# cmake and a C compiler for pingora's zlib-ng; for the tests also redis-server
-# (shared-store tests), iproute2 (namespace tests) and chromium (status page test). As root it installs with apt-get; otherwise it prints
+# cmake and a C compiler for pingora's zlib-ng; for the tests also redis-server,
+# redis-tools and redis-sentinel (shared-store, cluster and Sentinel tests), iproute2 (namespace tests) and chromium (status page test). As root it installs with apt-get; otherwise it prints
 # the exact command and fails, so nothing half-works.
 set -euo pipefail
 
@@ -11,6 +11,9 @@ command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v make >/dev/null 2>&1 || need+=(make)
 if [[ "${1:-}" == "--test" ]]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  # redis-cli forms and reshards the test cluster; redis-sentinel runs the sentinels.
+  command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+  command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
   # Network/mount namespaces of the root-only tests (named backends, the virtual IP).
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
   command -v unshare >/dev/null 2>&1 || need+=(util-linux)

@@ -146,6 +146,13 @@ fn broken_configs() -> Vec<Case> {
         case("unknown redis key", format!("store: {{ kind: redis, redis: {{ uri: x }} }}\n{BASE}"), "store.redis.uri", 1, Some(32), "unknown field `uri`"),
         case("sentinel without nodes", format!("store: {{ kind: redis, redis: {{ sentinel: {{ master: m, nodes: [] }} }} }}\n{BASE}"), "store.redis.sentinel.nodes", 1, Some(55), "at least one sentinel node"),
         case("bad sentinel node", format!("store: {{ kind: redis, redis: {{ sentinel: {{ master: m, nodes: [\"h:x\"] }} }} }}\n{BASE}"), "store.redis.sentinel.nodes[0]", 1, Some(63), "sentinel node: invalid port `x`"),
+        case("cluster and sentinel", format!("store: {{ kind: redis, redis: {{ sentinel: {{ master: m, nodes: [h] }}, cluster: {{ nodes: [h] }} }} }}\n{BASE}"), "store.redis.cluster", 1, Some(69), "cluster and sentinel exclude each other"),
+        case("cluster without nodes", format!("store: {{ kind: redis, redis: {{ cluster: {{ nodes: [] }} }} }}\n{BASE}"), "store.redis.cluster.nodes", 1, None, "at least one cluster node"),
+        case("bad cluster node", format!("store: {{ kind: redis, redis: {{ cluster: {{ nodes: [\"h:x\"] }} }} }}\n{BASE}"), "store.redis.cluster.nodes[0]", 1, None, "cluster node: invalid port `x`"),
+        case("cluster database", format!("store: {{ kind: redis, redis: {{ url: \"redis:///3\", cluster: {{ nodes: [h] }} }} }}\n{BASE}"), "store.redis.url", 1, None, "a Redis Cluster has database 0 only"),
+        case("cluster prefix hash tag", format!("store: {{ kind: redis, redis: {{ prefix: \"{{t}}\", cluster: {{ nodes: [h] }} }} }}\n{BASE}"), "store.redis.prefix", 1, None, "a hash tag would put every session in one slot"),
+        case("ca without tls", format!("store: {{ kind: redis, redis: {{ url: \"redis://h\", ca: ca.pem }} }}\n{BASE}"), "store.redis.ca", 1, None, "ca applies to TLS only"),
+        case("missing ca", format!("store: {{ kind: redis, redis: {{ url: \"rediss://h\", ca: no-such-ca.pem }} }}\n{BASE}"), "store.redis.ca", 1, None, "cannot read ca"),
         case("https without tls", edit("    pool: app\n", "    pool: app\n    protocol: https\n"), "listeners[0].protocol", 10, Some(15), "protocol `https` needs `tls: { certs: [{ name, cert, key }] }`"),
         case("max_age without insert", edit("insert: true", "max_age: 8h"), "listeners[0].affinity.key.cookie.max_age", 11, Some(38), "max_age only applies with `insert: true`"),
         case("unknown hash", edit("    backends:\n", "    hash: md5\n    backends:\n"), "pools.app.hash", 3, Some(11), "unknown variant `md5`"),
@@ -677,6 +684,39 @@ fn redis_store_settings_parse() {
         r.password.as_deref(),
         Some("from-file"),
         "password_file wins"
+    );
+}
+
+#[test]
+fn redis_cluster_and_ca_settings_parse() {
+    let dir = tls_dir();
+    let redis = "  redis:\n    url: \"rediss://:pw@/0\"\n    ca: ca.pem\n    \
+                 cluster: { nodes: [\"10.0.0.1:7000\", \"[::1]\", c.internal] }\n";
+    let text = format!("store:\n  kind: redis\n{redis}{BASE}");
+    let snap = config::parse(&dir.path().join("t.yaml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    let StoreKind::Redis(r) = &snap.store.kind else {
+        panic!("redis store expected")
+    };
+    assert!(
+        r.tls
+            && r.ca
+                .as_ref()
+                .is_some_and(|pem| pem.starts_with(b"-----BEGIN"))
+    );
+    assert_eq!(r.password.as_deref(), Some("pw"));
+    let c = r.cluster.as_ref().expect("cluster");
+    let nodes = [("10.0.0.1", 7000), ("::1", 6379), ("c.internal", 6379)];
+    assert_eq!(c.nodes, nodes.map(|(h, p)| (h.to_owned(), p)).to_vec());
+    assert_eq!(
+        r.target(),
+        "cluster 10.0.0.1:7000,[::1]:6379,c.internal:6379"
+    );
+    // The lease's keys cannot share a slot: no VIP on a cluster.
+    let vip = format!("{text}vip: {{ address: 10.0.0.100/24, interface: lo }}\n");
+    let err = config::parse(&dir.path().join("t.yaml"), &vip).expect_err("vip on a cluster");
+    assert!(
+        err.to_string().contains("not `store.redis.cluster`"),
+        "{err}"
     );
 }
 

@@ -110,6 +110,9 @@ pub struct Store {
     pub provisional_ttl: Duration,
 }
 
+// Built once per load and never copied around on a hot path: boxing the
+// Redis settings would buy nothing but noise at every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum StoreKind {
     /// In-process map; persisted to `path` when set.
@@ -122,9 +125,11 @@ pub enum StoreKind {
 /// the store only ever sees a host, a port and a database number.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// `rediss://`: TLS (rustls, system roots) to Redis and to the sentinels.
+    /// `rediss://`: TLS (rustls) to Redis, the sentinels and every cluster node.
     pub tls: bool,
-    /// Host name or IP (IPv6 without brackets); unused with `sentinel`.
+    /// `ca`: the PEM certificates that TLS trusts instead of the system roots.
+    pub ca: Option<Vec<u8>>,
+    /// Host name or IP (IPv6 without brackets); unused with `sentinel` or `cluster`.
     pub host: String,
     pub port: u16,
     pub db: i64,
@@ -137,6 +142,15 @@ pub struct RedisConfig {
     /// Bound on every command: no call waits longer for Redis.
     pub command_timeout: Duration,
     pub sentinel: Option<RedisSentinel>,
+    /// Redis Cluster: the seed nodes (exclusive with `sentinel`).
+    pub cluster: Option<RedisCluster>,
+}
+
+/// `store.redis.cluster`: any reachable seed tells the cluster's layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisCluster {
+    /// `(host, port)` of each seed node.
+    pub nodes: Vec<(String, u16)>,
 }
 
 /// `store.redis.sentinel`: the master is looked up through these sentinels.
@@ -150,11 +164,22 @@ pub struct RedisSentinel {
 impl RedisConfig {
     /// How messages name the server: `HOST:PORT`, or the sentinel master.
     pub fn target(&self) -> String {
+        if let Some(c) = &self.cluster {
+            let seeds: Vec<String> = (c.nodes.iter()).map(|(h, p)| host_port(h, *p)).collect();
+            return format!("cluster {}", seeds.join(","));
+        }
         match &self.sentinel {
             Some(s) => format!("sentinel master {}", s.master),
-            None if self.host.contains(':') => format!("[{}]:{}", self.host, self.port),
-            None => format!("{}:{}", self.host, self.port),
+            None => host_port(&self.host, self.port),
         }
+    }
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+fn host_port(host: &str, port: u16) -> String {
+    match host.contains(':') {
+        true => format!("[{host}]:{port}"),
+        false => format!("{host}:{port}"),
     }
 }
 
@@ -163,6 +188,7 @@ impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfig")
             .field("tls", &self.tls)
+            .field("ca", &self.ca.as_ref().map(|c| c.len()))
             .field("host", &self.host)
             .field("port", &self.port)
             .field("db", &self.db)
@@ -172,6 +198,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("sentinel", &self.sentinel)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }

@@ -205,7 +205,19 @@ pub(crate) struct RawRedis {
     pub connect_timeout: Option<Scalar>,
     pub command_timeout: Option<Scalar>,
     pub password_file: Option<Scalar>,
+    pub ca: Option<Scalar>,
     pub sentinel: Option<RawSentinel>,
+    pub cluster: Option<RawCluster>,
+}
+
+/// `store.redis.cluster`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "cluster settings like { nodes: [\"10.0.0.1:6379\", \"10.0.0.2:6379\"] }"
+)]
+pub(crate) struct RawCluster {
+    pub nodes: Vec<Scalar>,
 }
 
 /// `store.redis.sentinel`.

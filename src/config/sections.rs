@@ -195,19 +195,56 @@ fn redis(r: &mut Report, path: &KeyPath, raw: RawRedis) -> Option<RedisConfig> {
         text.map_err(|_| r.err(&p, "password_file must contain UTF-8 text"))
             .ok()
     });
+    let has_sentinel = raw.sentinel.is_some();
     let sentinel = raw
         .sentinel
         .and_then(|s| sentinel(r, &path.key("sentinel"), s));
+    let cluster_path = path.key("cluster");
+    let cluster = raw.cluster.and_then(|c| cluster(r, &cluster_path, c));
+    if has_sentinel && cluster.is_some() {
+        r.err(
+            &cluster_path,
+            "cluster and sentinel exclude each other: a cluster fails over by itself",
+        );
+    }
+    let ca = match (&raw.ca, url.as_ref().map(|u| u.tls)) {
+        (Some(_), Some(false)) => {
+            r.err(
+                &path.key("ca"),
+                "ca applies to TLS only: write the url as rediss://",
+            );
+            None
+        }
+        (Some(file), _) => ca_file(r, &path.key("ca"), file),
+        (None, _) => None,
+    };
     let url = url?;
-    if url.host.is_empty() && sentinel.is_none() {
+    if url.host.is_empty() && sentinel.is_none() && cluster.is_none() {
         r.err(
             &url_path,
-            "redis.url has no host (only with `sentinel` may it be left out, like redis:///0)",
+            "redis.url has no host (only with `sentinel` or `cluster` may it be left out, like redis:///0)",
         );
         return None;
     }
+    if cluster.is_some() {
+        if url.db != 0 {
+            r.err(
+                &url_path,
+                format!("a Redis Cluster has database 0 only, not {}", url.db),
+            );
+        }
+        // A hash tag in the prefix would put every key in one slot, so one master.
+        if prefix.contains('{') {
+            r.err(
+                &path.key("prefix"),
+                format!("prefix `{prefix}` must not contain `{{` with a cluster: a hash tag would put every session in one slot"),
+            );
+        }
+    }
     Some(RedisConfig {
         tls: url.tls,
+        ca,
+        cluster,
         host: url.host,
         port: url.port,
         db: url.db,
@@ -246,6 +283,51 @@ fn sentinel(r: &mut Report, path: &KeyPath, raw: RawSentinel) -> Option<RedisSen
             nodes,
         }
     })
+}
+
+fn cluster(r: &mut Report, path: &KeyPath, raw: RawCluster) -> Option<RedisCluster> {
+    let list = path.key("nodes");
+    if raw.nodes.is_empty() {
+        r.err(&list, "at least one cluster node (host:port) is required");
+    }
+    let mut nodes = Vec::new();
+    for (i, node) in raw.nodes.iter().enumerate() {
+        match host_port(node.as_str().trim(), 6379) {
+            Ok((host, _)) if host.is_empty() => r.err(&list.idx(i), "cluster node has no host"),
+            Ok(node) => nodes.push(node),
+            Err(m) => r.err(&list.idx(i), format!("cluster node: {m}")),
+        }
+    }
+    (!nodes.is_empty() && nodes.len() == raw.nodes.len()).then_some(RedisCluster { nodes })
+}
+
+/// `store.redis.ca`: PEM certificates, checked here so that a wrong file is a
+/// located load error rather than a TLS failure at the first connection.
+fn ca_file(r: &mut Report, path: &KeyPath, raw: &Scalar) -> Option<Vec<u8>> {
+    let file = values::resolve(r, raw);
+    let pem = match std::fs::read(&file) {
+        Ok(pem) => pem,
+        Err(e) => {
+            r.err(path, format!("cannot read ca `{}`: {e}", file.display()));
+            return None;
+        }
+    };
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
+    match certs {
+        Ok(c) if !c.is_empty() => Some(pem),
+        Ok(_) => {
+            r.err(
+                path,
+                format!("ca `{}` holds no PEM certificate", file.display()),
+            );
+            None
+        }
+        Err(e) => {
+            r.err(path, format!("ca `{}`: {e}", file.display()));
+            None
+        }
+    }
 }
 
 /// `redis[s]://[user[:password]@]host[:port][/db]`, taken apart.

@@ -84,6 +84,9 @@ pub(crate) fn vip(
     if !matches!(store, Some(StoreKind::Redis(_)) | None) {
         r.err(path, "vip needs `store.kind: redis`: the lease that decides the leader lives in the shared store");
     }
+    if matches!(store, Some(StoreKind::Redis(rc)) if rc.cluster.is_some()) {
+        r.err(path, "vip needs a single Redis or Sentinel, not `store.redis.cluster`: the lease's keys would sit in different slots");
+    }
     // With Sentinel a failover promotes a replica: a renewal only it lacks
     // would be forgotten. Without Sentinel nothing is promoted automatically.
     let sentinel = matches!(store, Some(StoreKind::Redis(rc)) if rc.sentinel.is_some());

@@ -11,6 +11,7 @@ pub mod http;
 pub mod netns;
 pub mod rawws;
 pub mod redis;
+pub mod redis_ha;
 pub mod tcp;
 pub mod ws;
 

@@ -1,7 +1,9 @@
 //! The subscriber: other instances' changes, from `{prefix}:events` into this
 //! instance's cache (within one pub/sub hop, well under 100 ms).
 //!
-//! It runs while the link is Up, on a connection of its own. Each time it has
+//! It runs while the link is Up, on a connection of its own (on a cluster, to
+//! one node, masters first, from a random one per instance: every node hears
+//! every `PUBLISH`; when that node goes away the next one is tried). Each time it has
 //! (re)subscribed it asks for a revalidation of the cache (`sync.rs`), since
 //! anything published while it was not subscribed is lost; after an outage that
 //! revalidation also writes back what Redis lacks. It drops its connection when
@@ -26,6 +28,8 @@ pub(super) async fn subscriber(weak: Weak<Shared>, mut stop: watch::Receiver<boo
     let Some(mut state) = weak.upgrade().map(|s| s.link.watch()) else {
         return;
     };
+    // Where this instance subscribes first on a cluster: instances spread over the masters.
+    let mut start = rand::random::<u32>() as usize;
     loop {
         // Wait for the link to be up.
         while *state.borrow_and_update() != State::Up {
@@ -37,9 +41,11 @@ pub(super) async fn subscriber(weak: Weak<Shared>, mut stop: watch::Receiver<boo
         let Some(shared) = weak.upgrade() else {
             return;
         };
-        let mut pubsub = match subscribe(&shared).await {
+        let mut pubsub = match subscribe(&shared, start).await {
             Some(p) => p,
             None => {
+                // The next attempt starts at the next node (cluster).
+                start = start.wrapping_add(1);
                 drop(shared);
                 tokio::select! {
                     _ = tokio::time::sleep(RETRY) => continue,
@@ -71,6 +77,7 @@ pub(super) async fn subscriber(weak: Weak<Shared>, mut stop: watch::Receiver<boo
             }
         }
         drop(messages);
+        start = start.wrapping_add(1);
         tracing::debug!("redis store: events subscription ended, subscribing again");
         tokio::select! {
             _ = tokio::time::sleep(RETRY) => {},
@@ -79,8 +86,8 @@ pub(super) async fn subscriber(weak: Weak<Shared>, mut stop: watch::Receiver<boo
     }
 }
 
-async fn subscribe(shared: &Arc<Shared>) -> Option<redis::aio::PubSub> {
-    let mut pubsub = match shared.link.pubsub().await {
+async fn subscribe(shared: &Arc<Shared>, start: usize) -> Option<redis::aio::PubSub> {
+    let (mut pubsub, node) = match shared.link.pubsub(start).await {
         Ok(p) => p,
         Err(e) => {
             tracing::debug!(error = %e, "redis store: no events connection");
@@ -90,7 +97,10 @@ async fn subscribe(shared: &Arc<Shared>) -> Option<redis::aio::PubSub> {
     let channel = shared.keys.channel.clone();
     let limit = shared.link.cfg.command_timeout;
     match tokio::time::timeout(limit, pubsub.subscribe(channel)).await {
-        Ok(Ok(())) => Some(pubsub),
+        Ok(Ok(())) => {
+            tracing::debug!(node, "redis store: events subscribed");
+            Some(pubsub)
+        }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "redis store: subscribe failed");
             None

@@ -8,19 +8,27 @@
 //! queue so they stay in order), `Up` (commands go straight to Redis). The
 //! reconnect loop (`tasks.rs`) moves Down -> Syncing with [`Link::connect`], the
 //! replay (`sync.rs`) moves Syncing -> Up; any failed command moves to Down.
-//! A reconnect builds a fresh connection manager (resolving the master through
-//! the sentinels first, if configured) rather than waiting on the old one.
+//! A reconnect builds a fresh connection (resolving the master through the
+//! sentinels first, if configured; with a cluster, a fresh cluster connection
+//! from the seeds) rather than waiting on the old one (`conn.rs`).
+//!
+//! On a cluster, "down" is the whole store's state: a command that fails on
+//! one master (dead, or the cluster refusing commands until its failover is
+//! done) puts the store in outage mode for every key, which the cache, the
+//! queue and the write-back then carry as for a single Redis.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
-use redis::{Client, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisError, TlsMode};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{Client, ErrorKind, RedisError, TlsMode};
 use tokio::sync::{watch, Mutex};
+
+use super::conn::{self, addr, Conn};
 
 use crate::config::RedisConfig;
 use crate::metrics::Metrics;
@@ -48,10 +56,13 @@ pub(super) struct Link {
     pub(super) cfg: RedisConfig,
     /// `HOST:PORT` (or the sentinel master) for messages.
     pub(super) target: String,
-    conn: ArcSwapOption<ConnectionManager>,
-    /// The client behind `conn`, for pub/sub connections to the same server.
+    conn: ArcSwapOption<Conn>,
+    /// The client behind `conn`, for pub/sub connections to the same server
+    /// (not with a cluster).
     client: ArcSwapOption<Client>,
-    sentinel: Option<Mutex<Sentinel>>,
+    /// The cluster's nodes as last read: masters, then replicas and seeds.
+    nodes: ArcSwap<(conn::Nodes, conn::Nodes)>,
+    sentinel: Option<Mutex<SentinelClient>>,
     state: AtomicU8,
     /// Bumped on every state change, so waiters (pub/sub) notice.
     changes: watch::Sender<State>,
@@ -61,17 +72,12 @@ pub(super) struct Link {
 impl Link {
     pub(super) fn new(cfg: &RedisConfig, metrics: Arc<Metrics>) -> Result<Link, StoreError> {
         let sentinel = match &cfg.sentinel {
-            Some(s) => {
-                let nodes: Vec<_> = (s.nodes.iter())
-                    .map(|(host, port)| addr(cfg.tls, host, *port).into_connection_info())
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| StoreError::Config(format!("redis sentinel nodes: {e}")))?;
-                let sentinel = Sentinel::build(nodes)
-                    .map_err(|e| StoreError::Config(format!("redis sentinel nodes: {e}")))?;
-                Some(Mutex::new(sentinel))
-            }
+            Some(s) => Some(Mutex::new(sentinel_client(cfg, s).map_err(|e| {
+                StoreError::Config(format!("redis sentinel nodes: {e}"))
+            })?)),
             None => None,
         };
+        let seeds = cfg.cluster.as_ref().map(|c| c.nodes.clone());
         let (changes, _) = watch::channel(State::Down);
         metrics.store_up.with_label_values(&["redis"]).set(0);
         Ok(Link {
@@ -79,11 +85,16 @@ impl Link {
             cfg: cfg.clone(),
             conn: ArcSwapOption::empty(),
             client: ArcSwapOption::empty(),
+            nodes: ArcSwap::from_pointee((Vec::new(), seeds.unwrap_or_default())),
             sentinel,
             state: AtomicU8::new(State::Down as u8),
             changes,
             metrics,
         })
+    }
+
+    pub(super) fn is_cluster(&self) -> bool {
+        self.cfg.cluster.is_some()
     }
 
     pub(super) fn state(&self) -> State {
@@ -127,9 +138,9 @@ impl Link {
         let t0 = Instant::now();
         let attempt = tokio::time::timeout(self.cfg.connect_timeout, self.open_manager()).await;
         let result = match attempt {
-            Ok(Ok((client, manager))) => {
-                self.client.store(Some(Arc::new(client)));
-                self.conn.store(Some(Arc::new(manager)));
+            Ok(Ok((client, conn))) => {
+                self.client.store(client.map(Arc::new));
+                self.conn.store(Some(Arc::new(conn)));
                 Ok(())
             }
             Ok(Err(e)) => Err(self.classify(&e)),
@@ -143,7 +154,26 @@ impl Link {
         result
     }
 
-    async fn open_manager(&self) -> Result<(Client, ConnectionManager), RedisError> {
+    async fn open_manager(&self) -> Result<(Option<Client>, Conn), RedisError> {
+        if let Some(cluster) = &self.cfg.cluster {
+            let mut c =
+                conn::open_cluster(&self.cfg, &cluster.nodes, batch_limit(&self.cfg)).await?;
+            // Every master must answer (PING goes to all of them).
+            redis::cmd("PING").query_async::<String>(&mut c).await?;
+            let text: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async(&mut c)
+                .await?;
+            let (masters, mut others) = conn::cluster_nodes(&text);
+            // Seeds stay candidates too: the layout read may already be stale.
+            for seed in &cluster.nodes {
+                if !masters.contains(seed) && !others.contains(seed) {
+                    others.push(seed.clone());
+                }
+            }
+            self.nodes.store(Arc::new((masters, others)));
+            return Ok((None, Conn::Cluster(c)));
+        }
         let client = self.client_for_master().await?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.cfg.connect_timeout))
@@ -157,37 +187,22 @@ impl Link {
         redis::cmd("PING")
             .query_async::<String>(&mut manager)
             .await?;
-        Ok((client, manager))
+        Ok((Some(client), Conn::Single(manager)))
     }
 
     /// A client for the master (asking the sentinels first, if configured).
+    /// Not with a cluster: it has no one master.
     pub(super) async fn client_for_master(&self) -> Result<Client, RedisError> {
-        let redis = self.redis_info();
+        if self.is_cluster() {
+            return Err(RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "a Redis Cluster has no single master",
+            )));
+        }
         let Some(sentinel) = &self.sentinel else {
-            let info = addr(self.cfg.tls, &self.cfg.host, self.cfg.port).into_connection_info()?;
-            return Client::open(info.set_redis_settings(redis));
+            return conn::client_at(&self.cfg, &self.cfg.host, self.cfg.port);
         };
-        let mut node = SentinelNodeConnectionInfo::default().set_redis_connection_info(redis);
-        if self.cfg.tls {
-            node = node.set_tls_mode(TlsMode::Secure);
-        }
-        let master = self.cfg.sentinel.as_ref().map_or("", |s| s.master.as_str());
-        sentinel
-            .lock()
-            .await
-            .async_master_for(master, Some(&node))
-            .await
-    }
-
-    fn redis_info(&self) -> redis::RedisConnectionInfo {
-        let mut info = redis::RedisConnectionInfo::default().set_db(self.cfg.db);
-        if let Some(user) = &self.cfg.username {
-            info = info.set_username(user);
-        }
-        if let Some(password) = &self.cfg.password {
-            info = info.set_password(password);
-        }
-        info
+        sentinel.lock().await.async_get_client().await
     }
 
     /// Configuration problems (retrying cannot help) vs an unreachable server.
@@ -213,21 +228,43 @@ impl Link {
         StoreError::Unavailable(format!("redis at {target}: {e}"))
     }
 
-    /// A pub/sub connection to the server the commands go to.
-    pub(super) async fn pubsub(&self) -> Result<redis::aio::PubSub, Fail> {
-        let client = self.client.load_full().ok_or(Fail::Down)?;
-        match tokio::time::timeout(self.cfg.connect_timeout, client.get_async_pubsub()).await {
-            Ok(Ok(pubsub)) => Ok(pubsub),
-            Ok(Err(e)) => Err(Fail::Redis(e)),
-            Err(_) => Err(Fail::Timeout),
+    /// A pub/sub connection to the server the commands go to, with its name;
+    /// on a cluster, to the first node that answers: the masters from the
+    /// `start`th on (instances spread over them), then replicas and seeds.
+    pub(super) async fn pubsub(&self, start: usize) -> Result<(redis::aio::PubSub, String), Fail> {
+        let within = self.cfg.connect_timeout;
+        if !self.is_cluster() {
+            let client = self.client.load_full().ok_or(Fail::Down)?;
+            return match tokio::time::timeout(within, client.get_async_pubsub()).await {
+                Ok(Ok(pubsub)) => Ok((pubsub, self.target.clone())),
+                Ok(Err(e)) => Err(Fail::Redis(e)),
+                Err(_) => Err(Fail::Timeout),
+            };
         }
+        let nodes = self.nodes.load_full();
+        let (masters, others) = &*nodes;
+        let first = start % masters.len().max(1);
+        let order = masters[first..]
+            .iter()
+            .chain(&masters[..first])
+            .chain(others);
+        let mut last = Fail::Down;
+        for (host, port) in order {
+            let client = conn::client_at(&self.cfg, host, *port)?;
+            match tokio::time::timeout(within, client.get_async_pubsub()).await {
+                Ok(Ok(pubsub)) => return Ok((pubsub, format!("{host}:{port}"))),
+                Ok(Err(e)) => last = Fail::Redis(e),
+                Err(_) => last = Fail::Timeout,
+            }
+        }
+        Err(last)
     }
 
     /// Run one command (or pipeline) bounded by `command_timeout`. A timeout or a
     /// lost connection marks the link down; an error answer from Redis does not.
     pub(super) async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, Fail>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         self.call_within(op, self.cfg.command_timeout, f).await
@@ -241,7 +278,7 @@ impl Link {
         f: F,
     ) -> Result<T, Fail>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let Some(conn) = self.conn.load_full() else {
@@ -298,16 +335,30 @@ pub(super) fn batch_limit(cfg: &RedisConfig) -> Duration {
     (cfg.command_timeout * 5).max(Duration::from_secs(1))
 }
 
-fn addr(tls: bool, host: &str, port: u16) -> ConnectionAddr {
-    match tls {
-        true => ConnectionAddr::TcpTls {
-            host: host.to_owned(),
-            port,
-            insecure: false,
-            tls_params: None,
-        },
-        false => ConnectionAddr::Tcp(host.to_owned(), port),
+/// The sentinels of `s`, asked for the master with the configured
+/// credentials, database and TLS roots (TLS to the sentinels too).
+fn sentinel_client(
+    cfg: &RedisConfig,
+    s: &crate::config::RedisSentinel,
+) -> Result<SentinelClient, RedisError> {
+    let nodes = (s.nodes.iter()).map(|(host, port)| addr(cfg.tls, host, *port));
+    let mut b = SentinelClientBuilder::new(nodes, &s.master, SentinelServerType::Master)?
+        .set_client_to_redis_db(cfg.db);
+    if let Some(user) = &cfg.username {
+        b = b.set_client_to_redis_username(user);
     }
+    if let Some(password) = &cfg.password {
+        b = b.set_client_to_redis_password(password);
+    }
+    if cfg.tls {
+        b = (b.set_client_to_redis_tls_mode(TlsMode::Secure))
+            .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+        if let Some(certs) = conn::certs(cfg) {
+            b = (b.set_client_to_redis_certificates(certs.clone()))
+                .set_client_to_sentinel_certificates(certs);
+        }
+    }
+    b.build()
 }
 
 /// Errors after which the connection cannot be trusted any more.
@@ -319,6 +370,14 @@ pub(super) fn is_connection_error(e: &RedisError) -> bool {
         || e.is_unrecoverable_error()
         || matches!(
             e.code(),
-            Some("LOADING" | "READONLY" | "MASTERDOWN" | "NOAUTH")
+            Some("LOADING" | "READONLY" | "MASTERDOWN" | "NOAUTH" | "CLUSTERDOWN" | "TRYAGAIN")
+        )
+        // The cluster connection's own failures: no connection to a slot's node.
+        || matches!(
+            e.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    redis::ServerErrorKind::ClusterDown | redis::ServerErrorKind::TryAgain
+                )
         )
 }

@@ -13,6 +13,16 @@
 //! other instances' changes to this cache, and revalidates the cache after every
 //! (re)subscribe because messages were missed meanwhile (`sync.rs`).
 //!
+//! Redis Cluster (`conn.rs`): the same, through the redis crate's cluster
+//! connection (slot routing, `MOVED`/`ASK`, failovers); session keys carry no
+//! hash tag, so they spread over every master, and each script touches its
+//! session key only (per-key versions, `scripts.rs`). Events use classic
+//! `PUBLISH`, which a cluster forwards to every node: one subscription on any
+//! node hears every master (sharded pub/sub would need a channel per slot and a
+//! resubscription on every slot move, for a message rate that is only the
+//! rate of ownership changes). A master lost puts the store in outage mode
+//! until the cluster has promoted its replica.
+//!
 //! Outages: every command is bounded by `command_timeout` (`link.rs`). While
 //! Redis is unreachable, changes are applied to the cache and queued (bounded);
 //! the reconnect loop (`tasks.rs`) replays the queue when Redis answers again,
@@ -28,6 +38,7 @@
 //! [`Store::flush`] at shutdown to give queued writes a bounded chance.
 
 mod cache;
+mod conn;
 mod events;
 mod lease;
 mod lease_link;
@@ -134,7 +145,7 @@ impl RedisStore {
         };
         let link = Link::new(rc, metrics)?;
         let shared = Arc::new(Shared {
-            keys: Keys::new(&rc.prefix),
+            keys: Keys::new(&rc.prefix, rc.cluster.is_some()),
             instance: format!("{:016x}", rand::random::<u64>()),
             ttl_ms: u64::try_from(cfg.session_ttl.as_millis()).unwrap_or(u64::MAX),
             budget: Arc::new(Budget::new(

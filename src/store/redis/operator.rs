@@ -1,8 +1,13 @@
 //! Operator state shared through Redis: backend drains and the cookie secret.
 //!
 //! A drain is `{prefix}:drain:{pool}:{backend}` holding its deadline (unix ms),
-//! listed in the set `{prefix}:drains` so that reading them all is one round
-//! trip rather than a key scan. Changes are published like session changes;
+//! listed in the set `{prefix}:drains` so that reading them all needs no key
+//! scan (one `SMEMBERS`, then the keys in one batch). The two are separate
+//! commands (on a cluster they live in different slots, and a script may
+//! only touch one slot), ordered so that no interleaving of a drain and an
+//! enable leaves a drain key outside the index: a drain writes its key, then
+//! adds it to the index; an enable takes it out of the index, then deletes the
+//! key. An index entry without a key is skipped by readers. Changes are published like session changes;
 //! [`Shared::on_operator`] turns those of other instances into
 //! [`OperatorEvent`]s, and [`Shared::load_drains`] does the same for changes
 //! missed while this instance was not subscribed. The cookie secret is created
@@ -40,20 +45,55 @@ impl Shared {
             backend: backend.to_owned(),
             deadline,
         };
-        if self.link.is_up() {
-            let inv = self.invocation(&op);
-            let sent = (self.link)
-                .call("drain", |mut c| async move {
-                    inv.invoke_async::<i64>(&mut c).await
-                })
-                .await;
-            if sent.is_ok() {
-                self.drain_sent();
-                return;
-            }
+        if self.link.is_up() && self.send_drain(&op).await.is_ok() {
+            self.drain_sent();
+            return;
         }
         self.enqueue(op);
         self.drain_sent();
+    }
+
+    /// Send a drain or enable (its key and the index, in the order of the
+    /// module header). Sending it again is harmless.
+    pub(super) async fn send_drain(&self, op: &Op) -> Result<(), Fail> {
+        let Op::Drain {
+            pool,
+            backend,
+            deadline,
+        } = op
+        else {
+            return Ok(());
+        };
+        let (index, member) = (self.keys.drains.clone(), format!("{pool}:{backend}"));
+        let inv = self.invocation(op);
+        // Async blocks run when awaited: the order below is the order sent.
+        let by_key = async {
+            (self.link)
+                .call("drain", |mut c| async move {
+                    inv.invoke_async::<i64>(&mut c).await
+                })
+                .await
+        };
+        let cmd = if deadline.is_some() { "SADD" } else { "SREM" };
+        let by_index = async {
+            (self.link)
+                .call("drain", |mut c| async move {
+                    redis::cmd(cmd)
+                        .arg(index)
+                        .arg(member)
+                        .query_async::<i64>(&mut c)
+                        .await
+                })
+                .await
+        };
+        if deadline.is_some() {
+            by_key.await?;
+            by_index.await?;
+        } else {
+            by_index.await?;
+            by_key.await?;
+        }
+        Ok(())
     }
 
     fn drain_sent(&self) {
@@ -84,18 +124,29 @@ impl Shared {
     }
 
     async fn read_drains(&self) -> Result<HashMap<(String, String), u64>, Fail> {
-        let (index, prefix) = (self.keys.drains.clone(), self.keys.drain_prefix.clone());
-        let flat: Vec<String> = (self.link)
+        let index = self.keys.drains.clone();
+        let members: Vec<String> = (self.link)
             .call("drains", |mut c| async move {
-                let mut inv = scripts::DRAINS.prepare_invoke();
-                inv.key(index).arg(prefix);
-                inv.invoke_async(&mut c).await
+                redis::cmd("SMEMBERS").arg(index).query_async(&mut c).await
             })
             .await?;
         let mut fresh = HashMap::new();
-        for pair in flat.chunks_exact(2) {
-            let (Some((pool, backend)), Ok(deadline)) =
-                (pair[0].split_once(':'), pair[1].parse::<u64>())
+        if members.is_empty() {
+            return Ok(fresh);
+        }
+        let mut pipe = redis::pipe();
+        for m in &members {
+            pipe.cmd("GET")
+                .arg(format!("{}{m}", self.keys.drain_prefix));
+        }
+        let deadlines = self.pipeline("drains", pipe).await?;
+        for (member, deadline) in members.iter().zip(&deadlines) {
+            let deadline = match deadline {
+                redis::Value::BulkString(b) => std::str::from_utf8(b).ok(),
+                _ => None,
+            };
+            let (Some((pool, backend)), Some(Ok(deadline))) =
+                (member.split_once(':'), deadline.map(str::parse::<u64>))
             else {
                 continue;
             };

@@ -60,8 +60,8 @@ impl Shared {
         match op {
             Op::Insert { pool, key, record } => {
                 inv = scripts::INSERT.prepare_invoke();
-                inv.key(self.keys.session(pool, key))
-                    .key(&self.keys.version);
+                inv.key(self.keys.session(pool, key));
+                self.legacy_counter(&mut inv);
                 inv.arg(record).arg(ttl).arg(ch);
                 inv.arg(Header::new(i, "set", pool, key).json());
             }
@@ -72,22 +72,22 @@ impl Shared {
                 record,
             } => {
                 inv = scripts::CAS.prepare_invoke();
-                inv.key(self.keys.session(pool, key))
-                    .key(&self.keys.version);
+                inv.key(self.keys.session(pool, key));
+                self.legacy_counter(&mut inv);
                 inv.arg(&**expected).arg(record).arg(ttl).arg(ch);
                 inv.arg(Header::new(i, "set", pool, key).json());
             }
             Op::Take { pool, key, backend } => {
                 inv = scripts::TAKE.prepare_invoke();
-                inv.key(self.keys.session(pool, key))
-                    .key(&self.keys.version);
+                inv.key(self.keys.session(pool, key));
+                self.legacy_counter(&mut inv);
                 inv.arg(&**backend).arg(ch);
                 inv.arg(Header::new(i, "set", pool, key).json());
             }
             Op::Delete { pool, key } => {
                 inv = scripts::DELETE.prepare_invoke();
-                inv.key(self.keys.session(pool, key))
-                    .key(&self.keys.version);
+                inv.key(self.keys.session(pool, key));
+                self.legacy_counter(&mut inv);
                 inv.arg(ch).arg(Header::new(i, "del", pool, key).json());
             }
             Op::Drain {
@@ -100,15 +100,33 @@ impl Shared {
                 } else {
                     "enable"
                 };
+                // The index set is the caller's (`operator.rs`): another slot on a cluster.
                 inv = scripts::DRAIN.prepare_invoke();
-                inv.key(self.keys.drain(pool, backend))
-                    .key(&self.keys.drains);
-                inv.arg(format!("{pool}:{backend}"));
+                inv.key(self.keys.drain(pool, backend));
                 inv.arg(deadline.map(|d| d.to_string()).unwrap_or_default());
                 inv.arg(ch).arg(Header::new(i, what, pool, backend).json());
             }
         }
         inv
+    }
+
+    /// The legacy version counter as the script's second key, on a single
+    /// Redis (see `scripts.rs`).
+    fn legacy_counter(&self, inv: &mut ScriptInvocation<'static>) {
+        if let Some(counter) = &self.keys.version {
+            inv.key(counter);
+        }
+    }
+
+    /// The session key `op` changes (`None` for a drain).
+    pub(super) fn op_key(op: &Op) -> Option<(&str, &str)> {
+        match op {
+            Op::Insert { pool, key, .. }
+            | Op::Cas { pool, key, .. }
+            | Op::Take { pool, key, .. }
+            | Op::Delete { pool, key } => Some((pool, key)),
+            Op::Drain { .. } => None,
+        }
     }
 
     /// Apply Redis's answer to `op` to the cache. Returns the flag of the script

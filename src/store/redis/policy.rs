@@ -35,17 +35,21 @@ fn warning(target: &str, prefix: &str, policy: &str) -> Option<String> {
     })
 }
 
-/// `INFO memory` over `link`: the policy, if Redis said it.
+/// `INFO memory` over `link`: the policy, if Redis said it (on a cluster,
+/// every master answers: the first evicting policy, else the first one).
 async fn read(link: &Link) -> Result<Option<String>, Fail> {
     let info = link
         .call("info", |mut c| async move {
             redis::cmd("INFO")
                 .arg("memory")
-                .query_async::<String>(&mut c)
+                .query_async::<redis::Value>(&mut c)
                 .await
         })
         .await?;
-    Ok(policy_of(&info).map(str::to_owned))
+    let texts = super::conn::info_texts(info);
+    let policies: Vec<&str> = texts.iter().filter_map(|t| policy_of(t)).collect();
+    let evicting = policies.iter().find(|p| p.starts_with("allkeys-"));
+    Ok(evicting.or(policies.first()).map(|p| (*p).to_owned()))
 }
 
 /// Log a warning if the connected Redis may evict the secret or the drains.

@@ -2,12 +2,28 @@
 //! that make each ownership change atomic, and the wire formats of records and
 //! pub/sub messages.
 //!
-//! Every change goes through one script that checks, writes, bumps the global
-//! version counter (`{prefix}:ver`) and publishes on `{prefix}:events` in a single
-//! step, so two instances racing on a key are serialized by Redis and every
-//! cache sees the same order. A stored record is the JSON of [`Session`] plus
-//! `"v"`, that version; caches apply a record only if its version is newer than
-//! theirs, so a late pub/sub message can never undo a newer reply.
+//! Every change goes through one script that checks, writes, stamps a new
+//! version and publishes on `{prefix}:events` in a single step, so two instances
+//! racing on a key are serialized by Redis and every cache sees the same order
+//! for that key. A stored record is the JSON of [`Session`] plus `"v"`, its
+//! version; caches apply a record only if its version is newer than theirs, so
+//! a late pub/sub message can never undo a newer reply.
+//!
+//! Versions are per key: the master's clock in unix ms (`TIME`), or the key's
+//! previous version + 1 if that is not below it, so they only grow for a key
+//! while it exists, and a script touches no other key: on a Redis Cluster every
+//! session key hashes to its own slot (no hash tag), so sessions spread over
+//! every master. Versions are compared per key only, so the clocks of different
+//! masters need not agree. Milliseconds keep a version within the 14 digits
+//! that Lua's cjson writes exactly.
+//!
+//! Compatibility: earlier releases numbered versions from one global counter,
+//! `{prefix}:ver` (INCR): small numbers, which any clock version exceeds, so
+//! records written before an upgrade compare as older and are read as they are.
+//! On a single Redis (not a cluster, which those releases did not support) the
+//! scripts still lift that counter to every version they stamp, so that an
+//! instance of an earlier release running beside this one during a rolling
+//! upgrade stamps its changes above them too. Key names are unchanged.
 //!
 //! A message is `HEADER\nBODY`: the header is the JSON of [`Header`] (the sender's
 //! instance id lets receivers skip their own operator events), the body is the
@@ -23,45 +39,79 @@ use crate::store::Session;
 
 /// A Lua source and its [`Script`] (which knows the SHA1 for EVALSHA).
 macro_rules! script {
-    ($name:ident, $src:ident, $code:literal) => {
+    ($name:ident, $src:ident, $code:expr) => {
         const $src: &str = $code;
         pub(super) static $name: LazyLock<Script> = LazyLock::new(|| Script::new($src));
     };
 }
 
+/// `version(previous)`: the version of a change (see the module header).
+/// KEYS[2], when given, is the legacy counter kept in step (single Redis only).
+/// `replicate_commands` lets Redis < 5 replicate a script that reads `TIME`
+/// before writing (later versions always replicate effects).
+macro_rules! version_lua {
+    () => {
+        r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local function version(prev)
+  local t = redis.call('TIME')
+  local v = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if prev and prev >= v then v = prev + 1 end
+  if KEYS[2] then
+    local g = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+    if g >= v then v = g + 1 end
+    redis.call('SET', KEYS[2], v)
+  end
+  return v
+end
+"#
+    };
+}
+
 // New session: write unless the key exists. Returns `{1, record}` when written,
 // `{0, current}` when another owner was there first.
-// KEYS: session, version counter. ARGV: record (JSON without v), ttl ms, channel, header.
+// KEYS: session[, legacy counter]. ARGV: record (JSON without v), ttl ms, channel, header.
 script!(
     INSERT,
     INSERT_LUA,
-    r#"
+    concat!(
+        version_lua!(),
+        r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then return {0, cur} end
-local v = redis.call('INCR', KEYS[2])
+local v = version(nil)
 local rec = '{"v":' .. v .. ',' .. string.sub(ARGV[1], 2)
 redis.call('SET', KEYS[1], rec, 'PX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4] .. '\n' .. rec)
 return {1, rec}
 "#
+    )
 );
 
 // Re-pin: write unless the current owner is someone other than ARGV[1]:
 // `{1, record}` when written, `{0, current}` otherwise. A missing key is
 // written too: it expired or Redis lost it, and nobody else owns it.
-// KEYS: session, version counter. ARGV: expected, record, ttl ms, channel, header.
+// KEYS: session[, legacy counter]. ARGV: expected, record, ttl ms, channel, header.
 script!(
     CAS,
     CAS_LUA,
-    r#"
+    concat!(
+        version_lua!(),
+        r#"
 local cur = redis.call('GET', KEYS[1])
-if cur and cjson.decode(cur).backend ~= ARGV[1] then return {0, cur} end
-local v = redis.call('INCR', KEYS[2])
+local prev = nil
+if cur then
+  local s = cjson.decode(cur)
+  if s.backend ~= ARGV[1] then return {0, cur} end
+  prev = tonumber(s.v)
+end
+local v = version(prev)
 local rec = '{"v":' .. v .. ',' .. string.sub(ARGV[2], 2)
 redis.call('SET', KEYS[1], rec, 'PX', ARGV[3])
 redis.call('PUBLISH', ARGV[4], ARGV[5] .. '\n' .. rec)
 return {1, rec}
 "#
+    )
 );
 
 // Clear moved_from/move_reason if set for owner ARGV[1]: exactly one caller,
@@ -69,7 +119,9 @@ return {1, rec}
 script!(
     TAKE,
     TAKE_LUA,
-    r#"
+    concat!(
+        version_lua!(),
+        r#"
 local cur = redis.call('GET', KEYS[1])
 if not cur then return {0, ''} end
 local s = cjson.decode(cur)
@@ -78,24 +130,31 @@ if s.backend ~= ARGV[1] or (s.moved_from == nil and s.move_reason == nil) then
 end
 s.moved_from = nil
 s.move_reason = nil
-s.v = redis.call('INCR', KEYS[2])
+s.v = version(tonumber(s.v))
 local rec = cjson.encode(s)
 redis.call('SET', KEYS[1], rec, 'KEEPTTL')
 redis.call('PUBLISH', ARGV[2], ARGV[3] .. '\n' .. rec)
 return {1, rec}
 "#
+    )
 );
 
 // Forget a key. `{version of the delete, ''}`, or `{0, ''}` if it did not exist.
 script!(
     DELETE,
     DELETE_LUA,
-    r#"
-if redis.call('DEL', KEYS[1]) == 0 then return {0, ''} end
-local v = redis.call('INCR', KEYS[2])
+    concat!(
+        version_lua!(),
+        r#"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return {0, ''} end
+local ok, s = pcall(cjson.decode, cur)
+local v = version(ok and type(s) == 'table' and tonumber(s.v) or nil)
+redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', ARGV[1], ARGV[2] .. '\n' .. v)
 return {v, ''}
 "#
+    )
 );
 
 // TTL refresh of a session seen until ARGV[1] (unix ms): `last_seen` moves
@@ -120,18 +179,6 @@ return {1, cur}
 "#
 );
 
-// After a Redis restart: lift the version counter above every version this
-// instance has seen, so that new records still compare as newer.
-script!(
-    BUMP,
-    BUMP_LUA,
-    r#"
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
-return 1
-"#
-);
-
 // The shared cookie secret: created once by whoever comes first.
 script!(
     SECRET,
@@ -142,49 +189,28 @@ return redis.call('GET', KEYS[1])
 "#
 );
 
-// Drain (ARGV[2] = deadline) or enable (ARGV[2] = '') `pool:backend` (ARGV[1]).
-// KEYS: the drain key, the index set of drains.
+// Drain (ARGV[1] = deadline) or enable (ARGV[1] = '') the backend whose drain
+// key is KEYS[1], and tell everyone. The index set of drains is a key of its
+// own (another slot on a cluster): `operator.rs` updates it beside this.
 script!(
     DRAIN,
     DRAIN_LUA,
     r#"
-if ARGV[2] == '' then
+if ARGV[1] == '' then
   redis.call('DEL', KEYS[1])
-  redis.call('SREM', KEYS[2], ARGV[1])
 else
-  redis.call('SET', KEYS[1], ARGV[2])
-  redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('SET', KEYS[1], ARGV[1])
 end
-redis.call('PUBLISH', ARGV[3], ARGV[4] .. '\n' .. ARGV[2])
+redis.call('PUBLISH', ARGV[2], ARGV[3] .. '\n' .. ARGV[1])
 return 1
-"#
-);
-
-// Every drain as a flat list `pool:backend, deadline, ...` (ARGV[1] = drain key prefix).
-script!(
-    DRAINS,
-    DRAINS_LUA,
-    r#"
-local out = {}
-for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local d = redis.call('GET', ARGV[1] .. m)
-  if d then
-    out[#out + 1] = m
-    out[#out + 1] = d
-  else
-    redis.call('SREM', KEYS[1], m)
-  end
-end
-return out
 "#
 );
 
 /// Every script's source, for loading them all after a (re)connect, before
 /// pipelines (which cannot fall back from EVALSHA to EVAL on their own).
-pub(super) fn all() -> [&'static str; 9] {
+pub(super) fn all() -> [&'static str; 7] {
     [
-        INSERT_LUA, CAS_LUA, TAKE_LUA, DELETE_LUA, TOUCH_LUA, BUMP_LUA, SECRET_LUA, DRAIN_LUA,
-        DRAINS_LUA,
+        INSERT_LUA, CAS_LUA, TAKE_LUA, DELETE_LUA, TOUCH_LUA, SECRET_LUA, DRAIN_LUA,
     ]
 }
 
@@ -192,18 +218,19 @@ pub(super) fn all() -> [&'static str; 9] {
 pub(super) struct Keys {
     prefix: String,
     pub(super) channel: String,
-    pub(super) version: String,
+    /// The legacy global version counter, kept in step on a single Redis only.
+    pub(super) version: Option<String>,
     pub(super) secret: String,
     pub(super) drains: String,
     pub(super) drain_prefix: String,
 }
 
 impl Keys {
-    pub(super) fn new(prefix: &str) -> Keys {
+    pub(super) fn new(prefix: &str, cluster: bool) -> Keys {
         Keys {
             prefix: prefix.to_owned(),
             channel: format!("{prefix}:events"),
-            version: format!("{prefix}:ver"),
+            version: (!cluster).then(|| format!("{prefix}:ver")),
             secret: format!("{prefix}:secret"),
             drains: format!("{prefix}:drains"),
             drain_prefix: format!("{prefix}:drain:"),

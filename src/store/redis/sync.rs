@@ -105,14 +105,15 @@ impl Shared {
 
 impl Shared {
     /// Load every script: pipelines cannot fall back from EVALSHA to EVAL.
-    async fn load_scripts(&self) -> Result<Vec<String>, Fail> {
+    async fn load_scripts(&self) -> Result<(), Fail> {
         (self.link)
-            .call_within("load_scripts", self.batch_limit(), |mut c| async move {
+            .call_within("load_scripts", self.batch_limit(), |c| async move {
                 let mut pipe = redis::pipe();
                 for s in scripts::all() {
+                    // On a cluster, SCRIPT LOAD goes to every master.
                     pipe.cmd("SCRIPT").arg("LOAD").arg(s);
                 }
-                pipe.query_async::<Vec<String>>(&mut c).await
+                c.batch(pipe).await.map(drop)
             })
             .await
     }
@@ -127,9 +128,7 @@ impl Shared {
         for attempt in 0..2 {
             let pipe = pipe.clone();
             let sent = (self.link)
-                .call_within(op, self.batch_limit(), |mut c| async move {
-                    pipe.query_async::<Vec<Value>>(&mut c).await
-                })
+                .call_within(op, self.batch_limit(), |c| c.batch(pipe))
                 .await;
             match sent {
                 Err(Fail::Redis(e)) if attempt == 0 && e.kind() == NO_SCRIPT => {
@@ -158,14 +157,20 @@ pub(super) async fn replay(shared: &Arc<Shared>) {
                 shared.link.set_state(State::Up);
                 return;
             }
-            let n = ops.len().min(BATCH);
+            let n = wave(&ops, shared.link.is_cluster());
             ops.drain(..n).collect()
         };
-        let mut pipe = redis::pipe();
-        for op in &batch {
-            pipe.invoke_script(&shared.invocation(op));
-        }
-        match shared.pipeline("replay", pipe).await {
+        let sent = match &batch[..] {
+            [drain @ Op::Drain { .. }] => shared.send_drain(drain).await.map(|()| Vec::new()),
+            _ => {
+                let mut pipe = redis::pipe();
+                for op in &batch {
+                    pipe.invoke_script(&shared.invocation(op));
+                }
+                shared.pipeline("replay", pipe).await
+            }
+        };
+        match sent {
             Ok(replies) => {
                 for (op, reply) in batch.iter().zip(&replies) {
                     shared.settle(op, reply);
@@ -188,6 +193,23 @@ pub(super) async fn replay(shared: &Arc<Shared>) {
     }
 }
 
+/// How many queued ops (from the front) to send in one batch: at most
+/// [`BATCH`]; a drain alone (its two commands go in order, `operator.rs`).
+/// On a cluster a batch's commands run concurrently, so a batch also ends
+/// before a key it already changes: changes of one key keep their order.
+fn wave(ops: &VecDeque<Op>, cluster: bool) -> usize {
+    let mut keys = std::collections::HashSet::new();
+    for (i, op) in ops.iter().take(BATCH).enumerate() {
+        let Some(key) = Shared::op_key(op) else {
+            return i.max(1);
+        };
+        if cluster && !keys.insert(key) {
+            return i;
+        }
+    }
+    ops.len().min(BATCH)
+}
+
 /// Re-read every cached key; see the module header. Returns whether it completed.
 async fn revalidate(shared: &Arc<Shared>, write_back: bool) -> bool {
     if !shared.link.is_up() {
@@ -197,9 +219,6 @@ async fn revalidate(shared: &Arc<Shared>, write_back: bool) -> bool {
         return false;
     };
     let write_back = write_back || restarted;
-    if write_back && !shared.bump_versions().await {
-        return false;
-    }
     if write_back {
         shared.write_back_secret().await;
     }
@@ -276,40 +295,31 @@ async fn revalidate_batch(
 }
 
 impl Shared {
-    /// Whether Redis's `run_id` changed since last seen (it restarted).
+    /// Whether Redis's `run_id` changed since last seen (it restarted). On a
+    /// cluster, whether the masters' set of run ids did (one restarted, or a
+    /// replica was promoted: either may lack the last writes).
     async fn check_restart(&self) -> Result<bool, Fail> {
-        let info: String = self
+        let info: Value = self
             .link
             .call("info", |mut c| async move {
                 redis::cmd("INFO").arg("server").query_async(&mut c).await
             })
             .await?;
-        let run_id = info
-            .lines()
-            .find_map(|l| l.strip_prefix("run_id:"))
-            .map(|id| id.trim().to_owned());
+        let mut ids: Vec<String> = super::conn::info_texts(info)
+            .iter()
+            .filter_map(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("run_id:"))
+                    .map(|id| id.trim().to_owned())
+            })
+            .collect();
+        ids.sort();
+        let run_id = (!ids.is_empty()).then(|| ids.join(","));
         let mut last = lock(&self.run_id);
         let restarted = matches!((&*last, &run_id), (Some(old), Some(new)) if old != new);
         if run_id.is_some() {
             *last = run_id;
         }
         Ok(restarted)
-    }
-
-    /// Lift Redis's version counter above every version cached here.
-    async fn bump_versions(&self) -> bool {
-        let max = (self.pool_list().iter())
-            .flat_map(|c| c.map.iter().map(|e| e.record().ver).max())
-            .max()
-            .unwrap_or(0);
-        let key = self.keys.version.clone();
-        self.link
-            .call("bump", |mut c| async move {
-                let mut inv = scripts::BUMP.prepare_invoke();
-                inv.key(key).arg(max + 1);
-                inv.invoke_async::<i64>(&mut c).await
-            })
-            .await
-            .is_ok()
     }
 }

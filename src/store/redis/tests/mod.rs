@@ -2,7 +2,8 @@
 //! free port in a temporary directory (`server.rs`), never a mock.
 //! `shared.rs`: several instances on one Redis; `outage.rs`: Redis killed,
 //! restarted empty or stalled; `lifetime.rs`: TTL refresh, expiry, bad settings;
-//! `provisional.rs`: sessions of inserted cookies that have not come back.
+//! `provisional.rs`: sessions of inserted cookies that have not come back;
+//! `versions.rs`: per-key versions beside records of earlier releases.
 
 mod lease;
 mod lifetime;
@@ -10,6 +11,7 @@ mod outage;
 mod provisional;
 mod server;
 mod shared;
+mod versions;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +38,7 @@ pub(super) fn redis_config(port: u16) -> RedisConfig {
 pub(super) fn strict_config(port: u16) -> RedisConfig {
     RedisConfig {
         tls: false,
+        ca: None,
         host: "127.0.0.1".into(),
         port,
         db: 0,
@@ -45,6 +48,7 @@ pub(super) fn strict_config(port: u16) -> RedisConfig {
         connect_timeout: Duration::from_millis(300),
         command_timeout: COMMAND_TIMEOUT,
         sentinel: None,
+        cluster: None,
     }
 }
 
