@@ -13,7 +13,8 @@ mod grpc;
 mod tlsh;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{wait_state, Client, Tether};
@@ -74,7 +75,7 @@ async fn calls_through_h2c_and_https_listeners_to_h2c_and_h2_backends() {
     std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
     write_pair(dir.path(), "site", &ca.leaf("site.test", &["site.test"]));
     let yaml = format!(
-        "admin: {{ listen: \"127.0.0.1:0\" }}\npools:\n{}{}listeners:\n{}{}{}{}",
+        "admin: {{ listen: \"127.0.0.1:0\" }}\npools:\n{}{}listeners:\n{}{}{}{}{}",
         pool(
             "plain",
             &format!("    protocol: h2c\n{FAST_GRPC_HEALTH}"),
@@ -89,8 +90,18 @@ async fn calls_through_h2c_and_https_listeners_to_h2c_and_h2_backends() {
         h2c_listener("c-secure", "secure"),
         https_listener("s-plain", "plain"),
         https_listener("s-secure", "secure"),
+        // Plain HTTP/1.1 (tether's own engine by default): pingora serves it here.
+        "  - name: h1\n    bind: \"127.0.0.1:0\"\n    pool: plain\n    affinity: { key: source_ip }\n",
     );
     let t = Tether::start_in(dir, &yaml);
+    // An HTTP/1.1 client of an h2c pool: the backend (which speaks HTTP/2
+    // only) answers, here with gRPC's UNIMPLEMENTED in a trailers-only head.
+    let r = Client::new(t.addr("h1")).get("/nope", &[]).await.unwrap();
+    assert_eq!(
+        (r.status, r.header("grpc-status")),
+        (200, Some("12")),
+        "{r:?}"
+    );
     let ca_pem = ca.pem();
     for (listener, ids) in [
         ("c-plain", ["c1", "c2"]),
@@ -322,4 +333,97 @@ async fn grpc_health_marks_a_not_serving_backend_down_and_ends_its_streams() {
 
     t1.backend.serving.store(true, Ordering::SeqCst);
     wait_state(&t, "t1", "up", Duration::from_secs(3)).await;
+}
+
+/// What a raw HTTP/2 backend (the `h2` crate, no gRPC library) does with each call.
+#[derive(Clone, Copy)]
+enum Raw {
+    /// `RST_STREAM(REFUSED_STREAM)` at once: not processed, safe to send elsewhere.
+    Refuse,
+    /// The head and one reply, then the TCP connection closes mid-call.
+    Cut,
+}
+
+/// A raw h2c backend behaving as `mode`; the count of calls it saw.
+async fn raw_backend(mode: Raw) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    match mode {
+                        Raw::Refuse => respond.send_reset(h2::Reason::REFUSED_STREAM),
+                        Raw::Cut => {
+                            let head = http::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .body(())
+                                .unwrap();
+                            let mut body = respond.send_response(head, false).unwrap();
+                            let msg = prost::Message::encode_to_vec(&grpc::WhoReply {
+                                backend: "raw".into(),
+                                ..Default::default()
+                            });
+                            let mut framed = vec![0u8];
+                            framed.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+                            framed.extend_from_slice(&msg);
+                            body.send_data(framed.into(), false).unwrap();
+                            // Drive the connection so the frames go out, then drop it.
+                            let _ = tokio::time::timeout(Duration::from_millis(300), conn.accept())
+                                .await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streams_are_retried_and_a_call_cut_by_its_backend_ends_unavailable() {
+    let good = grpc::start("good", None).await;
+    let (refuser, refused) = raw_backend(Raw::Refuse).await;
+    let (cutter, _) = raw_backend(Raw::Cut).await;
+    let yaml = format!(
+        "admin: {{ listen: \"127.0.0.1:0\" }}\npools:\n{}{}listeners:\n{}{}",
+        pool(
+            "app",
+            "    protocol: h2c\n",
+            &[("refuser", refuser), ("good", good.addr)]
+        ),
+        pool("cut", "    protocol: h2c\n", &[("cutter", cutter)]),
+        h2c_listener("web", "app"),
+        h2c_listener("cut", "cut"),
+    );
+    let t = Tether::start(&yaml);
+    // gRPC calls are POSTs: a refused one is still sent again, to the other backend.
+    let ch = channel(t.addr("web"), None).await;
+    for d in 0..8 {
+        let r = who(&ch, &format!("dev-{d}"), "")
+            .await
+            .unwrap_or_else(|e| panic!("a refused call was not retried: {e:?}\n{}", t.log_text()));
+        assert_eq!(r.backend, "good");
+    }
+    assert!(
+        refused.load(Ordering::SeqCst) > 0,
+        "no device hashed to the refuser"
+    );
+    // A backend that dies after the head: UNAVAILABLE, not a reset read as CANCELLED.
+    let ch = channel(t.addr("cut"), None).await;
+    let mut s = watch(&ch, "dev-0", WatchRequest::default())
+        .await
+        .expect("watch");
+    assert_eq!(first(&mut s).await.backend, "raw");
+    let e = ending(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("tether"), "{e:?}");
 }
