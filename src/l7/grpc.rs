@@ -111,6 +111,15 @@ pub(super) async fn end_failed(down: &mut ServerSession) {
     }
 }
 
+/// Is `e` how a call tether ended itself (see the module header) reaches
+/// pingora's error log? `registered`: the request is such a call. Nothing
+/// failed: the close is logged once per backend where it is decided.
+pub(super) fn ended_by_tether(e: &Error, registered: bool) -> bool {
+    registered
+        && e.esource() == &pingora::ErrorSource::Downstream
+        && e.etype() == &ErrorType::ConnectionClosed
+}
+
 /// pingora's h2 session of one gRPC call, plus the close signal of the
 /// backend it is proxied to (see the module header).
 pub(super) struct GrpcStream {

@@ -477,6 +477,10 @@ impl ProxyHttp for Router {
         Ok(())
     }
 
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, e: &Error) -> bool {
+        super::grpc::ended_by_tether(e, ctx.tunnel.is_some())
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
         super::grpc::end_failed(session.as_downstream_mut()).await;
         let code = upstream::error_status(e);
