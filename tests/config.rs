@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tether::config::{self, Alpn, ConfigError, ConfigErrors, HealthKind, Key, Protocol, StoreKind};
+use tether::config::{
+    self, Alpn, ConfigError, ConfigErrors, HealthKind, Key, Protocol, StoreKind, UpstreamProtocol,
+};
 
 #[path = "common/tls.rs"]
 mod tlsh;
@@ -165,6 +167,9 @@ fn broken_configs() -> Vec<Case> {
         case("invalid prefix regex", tcp("{ prefix: { pattern: \"(\" } }"), "listeners[0].affinity.key.prefix.pattern", 12, Some(33), "`(` is not a valid regex: unclosed group"),
         case("prefix max_bytes too big", tcp("{ prefix: { pattern: \"(x)\", max_bytes: 100000 } }"), "listeners[0].affinity.key.prefix.max_bytes", 12, Some(51), "max_bytes must be between 1 and 65536"),
         case("unknown proxy_protocol", edit("    pool: app\n", "    pool: app\n    proxy_protocol: yes\n"), "listeners[0].proxy_protocol", 10, Some(21), "unknown variant `yes`, expected `accept`"),
+        case("h2 without tls", edit("    backends:\n", "    protocol: h2\n    backends:\n"), "pools.app.protocol", 3, Some(15), "protocol h2 is HTTP/2 over TLS and needs the pool's `tls"),
+        case("unknown upstream protocol", edit("    backends:\n", "    protocol: http2\n    backends:\n"), "pools.app.protocol", 3, Some(15), "unknown variant `http2`, expected one of `http1`, `h2`, `h2c`"),
+        case("service on an http check", with_health("{ kind: http, service: app.v1.Devices }"), "pools.app.health.service", 3, None, "service only applies to `kind: grpc`"),
         case("unknown send_proxy", edit("    backends:\n", "    send_proxy: v3\n    backends:\n"), "pools.app.send_proxy", 3, Some(17), "unknown variant `v3`, expected `v1` or `v2`"),
         case("duration above ten years", edit("    pool: app\n", "    pool: app\n    timeouts: { idle: 11y }\n"), "listeners[0].timeouts.idle", 10, Some(23), "`11y` is longer than 10 years"),
         case("huge duration", edit("    backends:\n", "    drain_timeout: 300000000000y\n    backends:\n"), "pools.app.drain_timeout", 3, Some(20), "`300000000000y` is longer than 10 years"),
@@ -348,6 +353,51 @@ fn health_keys_parse_with_defaults() {
     let h = &snap.pools[0].health;
     assert!(matches!(&h.kind, HealthKind::Http { method, .. } if method.as_str() == "PURGE"));
     assert!(!h.passive.enabled);
+}
+
+#[test]
+fn upstream_protocols_and_grpc_health_parse_and_are_checked() {
+    let snap = config::parse(file(), BASE).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snap.pools[0].protocol, UpstreamProtocol::Http1);
+    let text =
+        with_health("{ kind: grpc }").replacen("    health:", "    protocol: h2c\n    health:", 1);
+    let snap = config::parse(file(), &text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snap.pools[0].protocol, UpstreamProtocol::H2c);
+    let h = &snap.pools[0].health;
+    assert!(matches!(&h.kind, HealthKind::Grpc { service } if service.is_empty()));
+    assert!(h.passive.enabled, "grpc is an active check");
+    let snap = config::parse(
+        file(),
+        &with_health("{ kind: grpc, service: app.v1.Devices }"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        matches!(&snap.pools[0].health.kind, HealthKind::Grpc { service } if service == "app.v1.Devices")
+    );
+
+    // h2 goes with the pool's tls, h2c never does.
+    let dir = tls_dir();
+    let file = dir.path().join("proxy.yaml");
+    let with_protocol = |p: &str| {
+        https(TWO, "{ sni: app.internal, ca: ca.pem }").replacen(
+            "    backends:\n",
+            &format!("    protocol: {p}\n    backends:\n"),
+            1,
+        )
+    };
+    let snap = config::parse(&file, &with_protocol("h2")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snap.pools[0].protocol, UpstreamProtocol::H2);
+    let up = snap.pools[0].tls.as_ref().expect("pool tls");
+    assert_eq!(up.client_h2.alpn_protocols, [b"h2".to_vec()]);
+    assert!(up.client.alpn_protocols.is_empty());
+    let e = match config::parse(&file, &with_protocol("h2c")) {
+        Ok(_) => panic!("h2c with tls was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("pools.app.protocol") && e.contains("protocol h2c is cleartext HTTP/2"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -245,6 +245,8 @@ pub struct Pool {
     pub send_proxy: Option<ProxyVersion>,
     /// TLS to the backends; `None`: plain TCP.
     pub tls: Option<PoolTls>,
+    /// What HTTP requests speak to the backends.
+    pub protocol: UpstreamProtocol,
     /// In file order; ids are unique within the pool.
     pub backends: Vec<Backend>,
 }
@@ -311,10 +313,40 @@ pub struct Health {
     pub passive: Passive,
 }
 
+/// `pools.NAME.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (over the pool's TLS when set).
+    Http1,
+    /// HTTP/2 over the pool's TLS (ALPN h2), streams multiplexed.
+    H2,
+    /// Cleartext HTTP/2 with prior knowledge, streams multiplexed.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    pub fn is_h2(self) -> bool {
+        self != UpstreamProtocol::Http1
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::H2c => "h2c",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum HealthKind {
     None,
     Tcp,
+    /// `grpc.health.v1.Health/Check` over HTTP/2 (TLS with ALPN h2 when the
+    /// pool has `tls`, else h2c): up when the answer is `SERVING`.
+    Grpc {
+        service: String,
+    },
     Http {
         /// Any valid method token; standard methods are upper-cased.
         method: http::Method,

@@ -54,4 +54,6 @@ pub struct PoolTls {
     pub pingora_ca: Option<Arc<pingora::protocols::tls::CaType>>,
     /// For the connections tether opens itself (tcp/tls, WebSockets, health probes).
     pub client: Arc<tokio_rustls::rustls::ClientConfig>,
+    /// `client` offering ALPN h2 only (gRPC health probes).
+    pub client_h2: Arc<tokio_rustls::rustls::ClientConfig>,
 }

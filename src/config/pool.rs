@@ -74,9 +74,11 @@ pub(crate) fn pool(r: &mut Report, path: &KeyPath, name: &str, value: &Value) ->
     let health = health(r, &path.key("health"), raw.health);
     let notify = raw.notify.and_then(|n| notify(r, &path.key("notify"), n));
     let backends = backends(r, &path.key("backends"), raw.backends.as_ref());
+    let tls_given = raw.tls.is_some();
     let tls = raw
         .tls
         .and_then(|t| super::tls::pool_tls(r, &path.key("tls"), t));
+    let protocol = protocol(r, path, raw.protocol, tls_given);
     Some(Pool {
         name: Arc::from(name),
         hash: match raw.hash.unwrap_or(RawHash::Maglev) {
@@ -104,8 +106,52 @@ pub(crate) fn pool(r: &mut Report, path: &KeyPath, name: &str, value: &Value) ->
             RawProxyVersion::V2 => ProxyVersion::V2,
         }),
         tls,
+        protocol,
         backends,
     })
+}
+
+/// `pools.NAME.protocol` against the pool's `tls`: `h2` is HTTP/2 over that
+/// TLS (there is no other way to agree on h2), `h2c` is cleartext by name.
+fn protocol(
+    r: &mut Report,
+    path: &KeyPath,
+    raw: Option<RawUpstreamProtocol>,
+    tls: bool,
+) -> UpstreamProtocol {
+    match (raw.unwrap_or(RawUpstreamProtocol::Http1), tls) {
+        (RawUpstreamProtocol::Http1, _) => UpstreamProtocol::Http1,
+        (RawUpstreamProtocol::H2, true) => UpstreamProtocol::H2,
+        (RawUpstreamProtocol::H2c, false) => UpstreamProtocol::H2c,
+        (RawUpstreamProtocol::H2, false) => {
+            r.err(
+                &path.key("protocol"),
+                "protocol h2 is HTTP/2 over TLS and needs the pool's `tls: { sni: ... }`; \
+                 for cleartext HTTP/2 write `protocol: h2c`",
+            );
+            UpstreamProtocol::H2
+        }
+        (RawUpstreamProtocol::H2c, true) => {
+            r.err(
+                &path.key("protocol"),
+                "protocol h2c is cleartext HTTP/2 and cannot go with the pool's `tls`; \
+                 for HTTP/2 over TLS write `protocol: h2`",
+            );
+            UpstreamProtocol::H2c
+        }
+    }
+}
+
+/// `health.service`: a gRPC service name, sent as a protobuf string.
+fn grpc_service(r: &mut Report, path: &KeyPath, raw: Option<String>) -> String {
+    let service = raw.unwrap_or_default();
+    if service.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        r.err(
+            path,
+            format!("health service `{service}` must be a service name like `app.v1.Devices`, without spaces"),
+        );
+    }
+    service
 }
 
 fn notify(r: &mut Report, path: &KeyPath, raw: RawNotify) -> Option<Notify> {
@@ -202,6 +248,9 @@ fn health(r: &mut Report, path: &KeyPath, raw: Option<RawHealth>) -> Health {
             }
         }
     }
+    if kind != RawHealthKind::Grpc && h.service.is_some() {
+        r.err_key(&path.key("service"), "service only applies to `kind: grpc`");
+    }
     let interval = values::duration(
         r,
         &path.key("interval"),
@@ -250,6 +299,9 @@ fn health(r: &mut Report, path: &KeyPath, raw: Option<RawHealth>) -> Health {
     let kind = match kind {
         RawHealthKind::None => HealthKind::None,
         RawHealthKind::Tcp => HealthKind::Tcp,
+        RawHealthKind::Grpc => HealthKind::Grpc {
+            service: grpc_service(r, &path.key("service"), h.service),
+        },
         RawHealthKind::Http => {
             let method = method(r, &path.key("method"), h.method);
             let host = h.host.filter(|host| {
@@ -357,7 +409,7 @@ fn passive(
     if enabled && !active {
         r.err(
             &path.key("enabled"),
-            "passive health needs an active check (kind: http or tcp) to bring a backend back up",
+            "passive health needs an active check (kind: http, grpc or tcp) to bring a backend back up",
         );
     }
     let on_5xx = p.on_5xx.unwrap_or(false);

@@ -94,6 +94,7 @@ pub(crate) const WEIGHT: u32 = 1;
 // `tls.default`: the only certificate when there is one (required with several).
 // `pools.*.tls`: absent = plain TCP to the backends; `verify`: true; `ca`: the system's roots.
 // `pools.*.send_proxy`: absent = no PROXY header to backends.
+// `pools.*.protocol`: http1. `pools.*.health.service` (kind grpc): "" (the whole server).
 /// `listeners[*].max_connections` (at most `server.max_connections`).
 pub(crate) const LISTENER_MAX_CONNECTIONS: usize = 20_000;
 /// `listeners[*].max_header_bytes`: larger request headers get 431.
@@ -256,6 +257,7 @@ pub(crate) struct RawPool {
     pub notify: Option<RawNotify>,
     pub send_proxy: Option<RawProxyVersion>,
     pub tls: Option<RawPoolTls>,
+    pub protocol: Option<RawUpstreamProtocol>,
     /// Each backend is deserialized on its own (see `build`).
     pub backends: Option<Value>,
 }
@@ -270,6 +272,15 @@ pub(crate) struct RawPoolTls {
     pub sni: Option<Scalar>,
     pub verify: Option<bool>,
     pub ca: Option<Scalar>,
+}
+
+/// `pools.NAME.protocol`: how requests reach the backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RawUpstreamProtocol {
+    Http1,
+    H2,
+    H2c,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -334,6 +345,8 @@ pub(crate) struct RawHealth {
     pub fall: Option<u32>,
     pub method: Option<String>,
     pub host: Option<String>,
+    /// `kind: grpc`: the service name asked about (`""`: the whole server).
+    pub service: Option<String>,
     pub slowstart: Option<Scalar>,
     pub passive: Option<RawPassive>,
 }
@@ -365,6 +378,7 @@ pub(crate) struct RawNotify {
 pub(crate) enum RawHealthKind {
     Http,
     Tcp,
+    Grpc,
     None,
 }
 

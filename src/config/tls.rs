@@ -233,12 +233,17 @@ pub(crate) fn pool_tls(r: &mut Report, path: &KeyPath, raw: RawPoolTls) -> Optio
             .collect();
         Arc::<[WrappedX509]>::from(list)
     });
+    let client = crate::tls::client::client_config(roots, verify);
+    // The same trust, offering only h2: `health.kind: grpc` probes.
+    let mut client_h2 = client.clone();
+    client_h2.alpn_protocols = vec![b"h2".to_vec()];
     Some(PoolTls {
         sni: sni?,
         server_name: server_name?,
         verify,
         ca,
         pingora_ca,
-        client: Arc::new(crate::tls::client::client_config(roots, verify)),
+        client: Arc::new(client),
+        client_h2: Arc::new(client_h2),
     })
 }

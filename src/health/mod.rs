@@ -14,6 +14,7 @@
 //! backend still needs `rise` passing probes to come back.
 
 mod counter;
+mod grpc;
 mod probe;
 
 use std::sync::{Arc, Mutex};

@@ -7,6 +7,7 @@
 //! frozen backend accepts connections in its kernel but never answers.
 //! Against a pool with upstream `tls`, `http` probes speak HTTPS (verified
 //! like every other connection to those backends); `tcp` probes only connect.
+//! `grpc` probes are in `grpc`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -36,6 +37,8 @@ pub enum ProbeError {
     BadResponse(String),
     #[error("host name not resolved")]
     Unresolved,
+    #[error("not serving: {0}")]
+    NotServing(String),
 }
 
 /// Probe `addr` once as `kind` says, within `timeout`. `HealthKind::None` passes.
@@ -72,6 +75,7 @@ async fn run(
             connect(addr).await?;
             return Ok(());
         }
+        HealthKind::Grpc { service } => return super::grpc::check(addr, tls, service).await,
         HealthKind::Http {
             method,
             path,

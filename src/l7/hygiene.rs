@@ -145,7 +145,26 @@ pub(super) fn rewrite_upstream(session: &Session, up: &mut RequestHeader, ctx: &
             up.insert_header("x-forwarded-proto", proto)?;
         }
     }
+    if ctx.l.pool.cfg().protocol.is_h2() && wants_trailers(session.req_header()) {
+        // pingora drops TE as hop-by-hop when it rewrites a request for h2
+        // (HTTP/1.1 clients, gRPC streams); `te: trailers` is the one value
+        // HTTP/2 allows, and some gRPC servers insist on it.
+        up.insert_header(header::TE, "trailers")?;
+    }
     Ok(())
+}
+
+/// Did the client say it accepts trailers (`TE: trailers`)?
+fn wants_trailers(req: &RequestHeader) -> bool {
+    req.headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').any(|t| {
+                t.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        })
+    })
 }
 
 /// One `tether::access` line for a finished request. The session key is

@@ -7,7 +7,9 @@
 
 pub mod conn;
 mod decide;
+mod grpc;
 pub mod h1;
+mod h2_conn;
 mod hygiene;
 pub mod listener;
 pub mod router;

@@ -33,6 +33,7 @@ use super::upstream;
 use super::watch::{Phase, Plan, Watch};
 use super::websocket;
 use crate::affinity::hash::hash_key;
+use crate::backend::TunnelGuard;
 use crate::config::Key;
 use crate::pool::{BackendRt, Decision, Failure, Fault};
 use crate::store::{LiveGuard, MoveReason};
@@ -67,6 +68,8 @@ pub struct Ctx {
     watch: Option<Watch>,
     /// The response body ends with the backend's close (no length, not chunked).
     close_delimited: bool,
+    /// A gRPC call registered with its backend's live connections (`grpc`).
+    tunnel: Option<TunnelGuard>,
 }
 
 /// Retries of one request on other backends after a connect failure or an
@@ -219,6 +222,7 @@ impl ProxyHttp for Router {
             got_response: false,
             watch: None,
             close_delimited: false,
+            tunnel: None,
         }
     }
 
@@ -303,6 +307,7 @@ impl ProxyHttp for Router {
             }
             None => HttpPeer::new(addr, false, String::new()),
         };
+        upstream::set_protocol(&mut peer, pool_cfg.protocol);
         peer.options.connection_timeout = Some(t.connect);
         // pingora applies this to the head and every body read alike: it gets
         // the longer of response_header and response_idle, a watch the other.
@@ -349,6 +354,7 @@ impl ProxyHttp for Router {
         _client_reused: bool,
     ) -> Box<Error> {
         let fired = ctx.watch.take().and_then(|w| w.fired());
+        let unprocessed = upstream::unprocessed(&e);
         let mut e = upstream::timed_out(e, fired, &ctx.l.pool.cfg().timeouts)
             .more_context(format!("Peer: {peer}"));
         if ctx.got_response || e.esource() != &ErrorSource::Upstream {
@@ -361,7 +367,7 @@ impl ProxyHttp for Router {
         self.passive_failure(ctx, Failure::new(upstream::fault(&e), complete));
         // A reset before the response: retry idempotent requests elsewhere. A timeout is
         // not retried (it would double the wait), nor is a request whose body may be lost.
-        let replayable = session.req_header().method.is_idempotent()
+        let replayable = (session.req_header().method.is_idempotent() || unprocessed)
             && !session.as_ref().retry_buffer_truncated();
         let timeout = matches!(
             e.etype(),
@@ -422,7 +428,7 @@ impl ProxyHttp for Router {
 
     async fn connected_to_upstream(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _reused: bool,
         peer: &HttpPeer,
         #[cfg(unix)] fd: std::os::unix::io::RawFd,
@@ -433,6 +439,13 @@ impl ProxyHttp for Router {
         if let (Some((_, b)), false) = (&ctx.backend, ctx.upstream_counted) {
             b.upstream_active.inc();
             ctx.upstream_counted = true;
+        }
+        if let Some((_, b)) = &ctx.backend {
+            let key = ctx.session.as_ref().and_then(|v| v.to_str().ok());
+            // A retry replaces the registration with the new backend's.
+            if let Some(g) = super::grpc::register(session.req_header(), b, key) {
+                ctx.tunnel = Some(g);
+            }
         }
         // HTTP/1 only: cutting an h2 connection would cut every stream on it.
         #[cfg(unix)]
@@ -464,7 +477,12 @@ impl ProxyHttp for Router {
         Ok(())
     }
 
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, e: &Error) -> bool {
+        super::grpc::ended_by_tether(e, ctx.tunnel.is_some())
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        super::grpc::end_failed(session.as_downstream_mut()).await;
         let code = upstream::error_status(e);
         if code > 0 {
             if let Err(err) = session.respond_error(code).await {

@@ -4,8 +4,11 @@
 //! HTTP/1.1 behind the header guard (`conn::ConnStream`).
 //!
 //! HTTP/2 goes through pingora's own h2 server (`ServerApp::process_new`:
-//! handshake, one task per stream, GOAWAY on shutdown); every stream is a
-//! request of its own to the `Router`, so each is routed by its own key. The
+//! handshake, one task per stream, GOAWAY on shutdown; with tether's accept
+//! loop around it when the pool speaks HTTP/2, see `h2_conn`); every stream
+//! is a request of its own to the `Router`, so each is routed by its own key.
+//! HTTP/1.1 clients of a pool that speaks HTTP/2 to its backends go to
+//! pingora's loop whatever `http1_engine` says. The
 //! header guard does not apply to h2 (binary frames): there the h2 settings
 //! bound header size, and the connection's idle timeout bounds a silent peer.
 
@@ -16,7 +19,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use pingora::apps::{HttpServerApp, HttpServerOptions, ServerApp};
+use pingora::apps::{HttpServerApp, HttpServerOptions};
 use pingora::protocols::http::v2::server::default_h2_options;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
@@ -113,11 +116,11 @@ async fn requests_of(
         let mut conn = TlsConn::new(s);
         if conn.is_h2() {
             conn.expect_preface(limit);
-            serve_h2(Box::new(conn), proxy, stop).await;
+            serve_h2(Box::new(conn), l, proxy, stop).await;
             return None;
         }
         let stream: Stream = Box::new(conn);
-        return match l.cfg.http1_engine {
+        return match http1_engine(l) {
             Http1Engine::Tether => super::h1::serve(stream, peer, l, stop).await,
             Http1Engine::Pingora => serve_h1(stream, l, proxy, stop).await,
         };
@@ -125,14 +128,14 @@ async fn requests_of(
     if l.cfg.h2c {
         match sniff(&tcp, limit).await {
             Sniff::H2 => {
-                serve_h2(Box::new(pingora_stream(tcp, peer)), proxy, stop).await;
+                serve_h2(Box::new(pingora_stream(tcp, peer)), l, proxy, stop).await;
                 return None;
             }
             Sniff::Gone => return None,
             Sniff::H1 => {}
         }
     }
-    match l.cfg.http1_engine {
+    match http1_engine(l) {
         Http1Engine::Tether => {
             let _ = tcp.set_nodelay(true);
             super::h1::serve(tcp, peer, l, stop).await
@@ -178,8 +181,24 @@ async fn sniff(tcp: &TcpStream, limit: Duration) -> Sniff {
     }
 }
 
-async fn serve_h2(stream: Stream, proxy: &Arc<HttpProxy<Router>>, stop: &ShutdownWatch) {
-    let _ = proxy.process_new(stream, stop).await;
+/// Who serves the listener's HTTP/1.1 clients: `http1_engine`, except that
+/// a pool speaking HTTP/2 to its backends (`protocol: h2 | h2c`) always has
+/// pingora's, since tether's own path speaks HTTP/1.1 upstream only.
+fn http1_engine(l: &ListenerRt) -> Http1Engine {
+    if l.pool.cfg().protocol.is_h2() {
+        Http1Engine::Pingora
+    } else {
+        l.cfg.http1_engine
+    }
+}
+
+async fn serve_h2(
+    stream: Stream,
+    l: &ListenerRt,
+    proxy: &Arc<HttpProxy<Router>>,
+    stop: &ShutdownWatch,
+) {
+    super::h2_conn::serve(stream, proxy, stop, l.pool.cfg().protocol.is_h2()).await;
 }
 
 /// HTTP/1.1: requests in turn until the connection closes, or until one

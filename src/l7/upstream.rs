@@ -16,11 +16,39 @@
 
 use http::Method;
 use pingora::http::ResponseHeader;
+use pingora::prelude::HttpPeer;
+use pingora::protocols::ALPN;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use super::watch::Phase;
-use crate::config::PoolTimeouts;
+use crate::config::{PoolTimeouts, UpstreamProtocol};
 use crate::pool::Fault;
+
+/// HTTP/2 streams tether opens at once on one backend connection (pingora's
+/// default is 1: a connection per request, no multiplexing); a backend that
+/// allows fewer (SETTINGS_MAX_CONCURRENT_STREAMS) is held to its own limit,
+/// and pingora opens another connection when all are busy.
+const H2_MAX_STREAMS: usize = 100;
+
+/// What `peer` speaks (`pools.NAME.protocol`). `h2`: ALPN offers h2 alone,
+/// so a backend that negotiates ALPN but not h2 fails the handshake (one
+/// that ignores ALPN altogether is spoken to in HTTP/1.1, pingora's rule);
+/// `h2c`: pingora speaks h2 with prior knowledge on a plain peer whose
+/// lowest version is 2.
+pub(super) fn set_protocol(peer: &mut HttpPeer, p: UpstreamProtocol) {
+    if p.is_h2() {
+        peer.options.alpn = ALPN::H2;
+        peer.options.max_h2_streams = H2_MAX_STREAMS;
+    }
+}
+
+/// pingora marked `e` safe to send again whatever the method: the backend
+/// refused the h2 stream before processing it (`REFUSED_STREAM`) or was
+/// closing the connection (`GOAWAY` NO_ERROR). gRPC calls are all POSTs,
+/// so without this none would be retried.
+pub(super) fn unprocessed(e: &Error) -> bool {
+    e.etype() == &ErrorType::H2Error && e.retry()
+}
 
 /// The fault of a failed connect: the backend's, unless tether itself could
 /// not make a socket.

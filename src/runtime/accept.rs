@@ -74,6 +74,10 @@ pub(super) async fn accept_http(
 ) {
     let first = slot.load_full();
     if !first.cfg.protocol.reads_http() {
+        if first.pool.cfg().protocol.is_h2() {
+            // Bytes are copied as they come: there are no requests to speak HTTP/2 with.
+            tracing::warn!(listener = %first.cfg.name, pool = %first.pool.name, "the pool's protocol applies to http and https listeners only; this one copies bytes as they come");
+        }
         let serve = |tcp, addr, l: Arc<ListenerRt>| async move {
             crate::l4::serve(tcp, addr, &l).await;
         };
