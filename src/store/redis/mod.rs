@@ -38,6 +38,7 @@ mod policy;
 mod pool;
 mod refresh;
 mod scripts;
+mod series;
 mod sync;
 mod tasks;
 #[cfg(test)]
@@ -201,6 +202,8 @@ impl RedisStore {
 #[async_trait]
 impl Store for RedisStore {
     fn leases(self: Arc<Self>) -> Option<Arc<dyn crate::store::lease::Leases>> {
+        // Asked for by the virtual IP only: its lease series exist from then on.
+        self.shared.link.leases_at_zero();
         Some(self)
     }
 
