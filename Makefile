@@ -1,12 +1,22 @@
 # The two commands of the README:
 #   make run    build and run tether on ./proxy.yaml (embedded store)
 #   make test   install what the tests need, then format check, clippy and every test
+# and its quick start:
+#   make demo   one release build of tether and the whoami demo backend; two backends
+#               and tether on ./proxy.yaml, all stopped on Ctrl-C (scripts/demo.sh)
 CONFIG ?= proxy.yaml
 
-.PHONY: run test deps test-deps bench load
+.PHONY: run demo test deps test-deps bench load
 
+# whoami is built with tether on purpose: building an example turns on the features the
+# dev-dependencies ask of shared crates, so `--bin tether` alone would make a different
+# tether (a second full build). run, demo and load (benches/load) share this one.
 run: deps
-	cargo run --release --bin tether -- --config $(CONFIG)
+	cargo build --release --bin tether --example whoami
+	$(or $(CARGO_TARGET_DIR),target)/release/tether --config $(CONFIG)
+
+demo: deps
+	@scripts/demo.sh
 
 test: test-deps
 	cargo fmt --all -- --check

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building (and, with `--test`, testing) tether needs on Debian:
 # cmake and a C compiler for pingora's zlib-ng; for the tests also redis-server,
-# redis-tools and redis-sentinel (shared-store, cluster and Sentinel tests), iproute2 (namespace tests) and chromium (status page test). As root it installs with apt-get; otherwise it prints
+# redis-tools and redis-sentinel (shared-store, cluster and Sentinel tests),
+# iproute2 (namespace tests), chromium (status page test) and promtool (alerting
+# rules test). As root it installs with apt-get; otherwise it prints
 # the exact command and fails, so nothing half-works.
 set -euo pipefail
 
@@ -19,6 +21,10 @@ if [[ "${1:-}" == "--test" ]]; then
   command -v unshare >/dev/null 2>&1 || need+=(util-linux)
   # The status page's end-to-end test drives headless Chromium.
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  # promtool checks contrib/tether-alerts.yml and /metrics (tests/alerts.rs). Debian
+  # ships it in the Prometheus server package, whose service would take :9090
+  # (tether's default admin port) where systemd runs: stopped below, no test needs it.
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 fi
 
 if [[ ${#need[@]} -eq 0 ]]; then
@@ -29,6 +35,11 @@ cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-in
 if [[ $(id -u) -eq 0 ]]; then
   echo "deps: installing ${need[*]}" >&2
   bash -c "$cmd"
+  if [[ " ${need[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null 2>&1 \
+    && systemctl is-active --quiet prometheus 2>/dev/null; then
+    echo "deps: stopping and disabling the prometheus service the package started (only promtool is needed)" >&2
+    systemctl disable --now prometheus || true
+  fi
 else
   echo "deps: missing ${need[*]}; run as root:" >&2
   echo "  sudo bash -c '$cmd'" >&2

@@ -5,7 +5,12 @@
 //! `(listener, pool, backend)` counter per status code once, and other
 //! per-listener/per-pool handles are resolved when the runtime is built.
 //! Gauges that mirror state owned elsewhere (sessions per backend) are set
-//! just before each scrape.
+//! just before each scrape. Series whose labels are known before anything
+//! happens are created at 0 by their owner (`start`).
+
+mod start;
+
+pub use start::StoreOps;
 
 use std::sync::OnceLock;
 
@@ -29,6 +34,8 @@ pub struct Metrics {
     /// Passive mark-downs refused by `health.passive.max_ejected_percent`.
     pub passive_ejections_refused: IntCounterVec,
     pub config_reloads: IntCounterVec,
+    /// `tether_config_last_reload_successful`: 0 while the last reload was rejected.
+    pub config_last_reload_ok: IntGauge,
     /// `tether_vip_leader`: 1 while this node holds the virtual IP.
     pub vip_leader: IntGauge,
     /// `tether_vip_transitions_total`: changes of this node's VIP role.
@@ -39,6 +46,11 @@ pub struct Metrics {
     pub store_operations: IntCounterVec,
     /// `tether_store_op_seconds{store,op}`: latency of store round trips.
     pub store_op_seconds: HistogramVec,
+    /// `tether_store_sessions{store}`: sessions held in this process (provisional ones apart).
+    pub store_sessions: IntGaugeVec,
+    /// `tether_store_max_sessions{store}`: `store.max_sessions`, the bound of
+    /// `store_sessions` + `provisional_sessions`.
+    pub store_max_sessions: IntGaugeVec,
     pub sessions_evicted: IntCounterVec,
     pub sessions_expired: IntCounterVec,
     /// Provisional sessions (inserted cookies not back yet) now.
@@ -85,6 +97,12 @@ fn single_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
 
 impl Metrics {
     pub fn new() -> Self {
+        let m = Self::unset();
+        m.process_at_zero();
+        m
+    }
+
+    fn unset() -> Self {
         let r = Registry::new();
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
@@ -180,6 +198,11 @@ impl Metrics {
                 "Configuration reloads",
                 &["result"],
             ),
+            config_last_reload_ok: single_gauge(
+                &r,
+                "config_last_reload_successful",
+                "0 while the last configuration reload was rejected (the running config stays), else 1",
+            ),
             store_up: gauge(
                 &r,
                 "store_up",
@@ -206,6 +229,18 @@ impl Metrics {
                 let _ = r.register(Box::new(h.clone()));
                 h
             },
+            store_sessions: gauge(
+                &r,
+                "store_sessions",
+                "Sessions the store holds in this process (embedded: all; redis: its local cache), provisional ones apart",
+                &["store"],
+            ),
+            store_max_sessions: gauge(
+                &r,
+                "store_max_sessions",
+                "store.max_sessions: the bound of store_sessions + provisional_sessions (idle ones are evicted beyond)",
+                &["store"],
+            ),
             sessions_evicted: counter(
                 &r,
                 "sessions_evicted_total",
@@ -289,11 +324,14 @@ impl Metrics {
 
 impl Metrics {
     /// Mirror the counters a store keeps itself (read at each scrape): its
-    /// provisional sessions as `provisional_sessions` and
+    /// sessions as `store_sessions`, its provisional sessions as `provisional_sessions` and
     /// `store_operations_total{op="provisional",result=created|confirmed|expired|evicted|unrecorded}`,
     /// and, for the embedded store, journal lines dropped by a writer that fell
     /// behind as `store_operations_total{op="journal",result="dropped"}`.
     pub fn mirror_store(&self, kind: &str, st: &crate::store::StoreStats) {
+        self.store_sessions
+            .with_label_values(&[kind])
+            .set(i64::try_from(st.sessions).unwrap_or(i64::MAX));
         let p = &st.provisional;
         self.provisional_sessions
             .with_label_values(&[kind])

@@ -107,8 +107,27 @@ fn grafana_dashboard_is_valid_json_with_the_expected_shape() {
         "tether_upstream_connections_active",
         "tether_vip_leader",
         "tether_vip_transitions_total",
+        "tether_store_max_sessions",
     ] {
         assert!(metrics.contains(m), "the dashboard does not chart {m}");
+    }
+    // Families whose series appear only with their first event (a status, a
+    // move): every query over one falls back to 0, or its panel says why it is
+    // empty, so a fresh tether shows no bare "No data". Every other family is
+    // exported from the start (tests/metrics_start.rs).
+    for p in dash["panels"].as_array().expect("panels") {
+        let no_value = p["fieldConfig"]["defaults"]["noValue"].is_string();
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let e = t["expr"].as_str().unwrap_or_default();
+            let late = ["tether_requests_total", "tether_session_moves_total"]
+                .iter()
+                .any(|f| e.contains(f));
+            assert!(
+                !late || no_value || e.contains(" or "),
+                "panel {:?}: {e} shows No data until the first event: add `or ...` or a noValue",
+                p["title"]
+            );
+        }
     }
     // Panel ids are unique (Grafana keys panel state by id).
     let mut ids = BTreeSet::new();

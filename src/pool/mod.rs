@@ -98,6 +98,7 @@ pub enum Decision {
 
 impl PoolRt {
     pub fn new(cfg: config::Pool, store: Arc<dyn PoolStore>, metrics: Arc<Metrics>) -> Self {
+        metrics.pool_at_zero(&cfg);
         let lookup = |r| metrics.affinity_lookups.with_label_values(&[&*cfg.name, r]);
         let lookups = Lookups {
             hit: lookup("hit"),

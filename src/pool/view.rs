@@ -205,6 +205,7 @@ pub(super) fn new_backend(
     b: &config::Backend,
     metrics: &Metrics,
 ) -> Arc<BackendRt> {
+    metrics.backend_at_zero(cfg, b);
     let labels = [&*cfg.name, &*b.id];
     let be = BackendRt::new(
         b.id.clone(),
@@ -245,6 +246,8 @@ impl PoolRt {
     pub fn reconfigure(self: &Arc<Self>, cfg: config::Pool) -> PoolChanges {
         let mut ch = PoolChanges::default();
         let mut leaving = Vec::new();
+        // A pool that starts notifying gets its notification series.
+        self.metrics.pool_at_zero(&cfg);
         let cfg = Arc::new(cfg);
         self.update(|old| {
             ch.settings = settings_changed(&old.cfg, &cfg);
@@ -318,12 +321,7 @@ impl PoolRt {
                 .collect();
             View::build(v.cfg.clone(), list, v.notifier.clone())
         });
-        // Its series would otherwise stay frozen at their last value.
-        let labels = [&*self.name, &*b.id];
-        let m = &self.metrics;
-        let _ = m.backend_up.remove_label_values(&labels);
-        let _ = m.sessions.remove_label_values(&labels);
-        let _ = m.upstream_connections_active.remove_label_values(&labels);
+        self.metrics.forget_backend(&self.name, &b.id);
         tracing::info!(pool = %self.name, backend = %b.id, "removed backend drained out");
     }
 

@@ -147,7 +147,7 @@ struct Signals {
 }
 
 async fn open_store(snap: &Snapshot, metrics: &Arc<Metrics>) -> Result<Arc<dyn Store>, RunError> {
-    Ok(match &snap.store.kind {
+    let store: Arc<dyn Store> = match &snap.store.kind {
         StoreKind::Embedded { .. } => {
             let s = MemoryStore::open(&snap.store)?;
             metrics.store_up.with_label_values(&[s.kind()]).set(1);
@@ -155,7 +155,9 @@ async fn open_store(snap: &Snapshot, metrics: &Arc<Metrics>) -> Result<Arc<dyn S
         }
         // The Redis store reports its own `store_up` as its link comes and goes.
         StoreKind::Redis(_) => RedisStore::open(&snap.store, metrics.clone()).await?,
-    })
+    };
+    metrics.store_bound(store.kind(), snap.store.max_sessions);
+    Ok(store)
 }
 
 async fn serve(path: PathBuf, snap: Snapshot, upgrade: bool) -> Result<(), RunError> {

@@ -112,6 +112,7 @@ pub(super) fn spawn(
             match &outcome.result {
                 Ok(s) => {
                     core.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                    core.metrics.config_last_reload_ok.set(1);
                     let summary = serde_json::to_string(s).unwrap_or_default();
                     tracing::info!(trigger = ?req.trigger, %summary, "configuration reloaded");
                     for what in &s.not_applied {
@@ -123,6 +124,7 @@ pub(super) fn spawn(
                         .config_reloads
                         .with_label_values(&["error"])
                         .inc();
+                    core.metrics.config_last_reload_ok.set(0);
                     tracing::error!(trigger = ?req.trigger, "configuration rejected, keeping the running one:\n{}", errors.join("\n"));
                 }
             }

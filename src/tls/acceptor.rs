@@ -105,6 +105,7 @@ pub(crate) fn ensure_provider() {
 impl TlsRt {
     pub fn new(listener: &str, cfg: &ListenerTls, m: &Metrics) -> TlsRt {
         ensure_provider();
+        m.certs_at_zero(listener, cfg.certs.iter().map(|c| &*c.name));
         let entries = cfg
             .certs
             .iter()

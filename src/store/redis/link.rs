@@ -80,6 +80,7 @@ impl Link {
         let seeds = cfg.cluster.as_ref().map(|c| c.nodes.clone());
         let (changes, _) = watch::channel(State::Down);
         metrics.store_up.with_label_values(&["redis"]).set(0);
+        metrics.store_ops_at_zero("redis", super::series::OPS);
         Ok(Link {
             target: cfg.target(),
             cfg: cfg.clone(),
@@ -316,7 +317,17 @@ impl Link {
         }
     }
 
+    /// The leases' series at 0 (`series.rs`).
+    pub(super) fn leases_at_zero(&self) {
+        self.metrics
+            .store_ops_at_zero("redis", super::series::LEASE_OPS);
+    }
+
     pub(super) fn record(&self, op: &str, result: &str, since: Instant) {
+        debug_assert!(
+            super::series::known(op, result),
+            "store_operations_total op={op} result={result}: add it to store/redis/series.rs"
+        );
         self.metrics
             .store_operations
             .with_label_values(&["redis", op, result])

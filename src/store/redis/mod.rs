@@ -49,6 +49,7 @@ mod policy;
 mod pool;
 mod refresh;
 mod scripts;
+mod series;
 mod sync;
 mod tasks;
 #[cfg(test)]
@@ -212,6 +213,8 @@ impl RedisStore {
 #[async_trait]
 impl Store for RedisStore {
     fn leases(self: Arc<Self>) -> Option<Arc<dyn crate::store::lease::Leases>> {
+        // Asked for by the virtual IP only: its lease series exist from then on.
+        self.shared.link.leases_at_zero();
         Some(self)
     }
 
