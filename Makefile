@@ -8,12 +8,11 @@ CONFIG ?= proxy.yaml
 
 .PHONY: run demo test deps test-deps bench load
 
-# whoami is built with tether on purpose: building an example turns on the features the
-# dev-dependencies ask of shared crates, so `--bin tether` alone would make a different
-# tether (a second full build). run, demo and load (benches/load) share this one.
+# Only what tether itself needs. (`make demo` builds tether with the whoami example,
+# which turns on the features dev-dependencies ask of shared crates: after a demo,
+# a first `make run` builds tether once more, without them.)
 run: deps
-	cargo build --release --bin tether --example whoami
-	$(or $(CARGO_TARGET_DIR),target)/release/tether --config $(CONFIG)
+	cargo run --release --bin tether -- --config $(CONFIG)
 
 demo: deps
 	@scripts/demo.sh
