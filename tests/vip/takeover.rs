@@ -10,7 +10,7 @@ use super::*;
 /// Takeovers in a row; the killed node alternates.
 const ROUNDS: usize = 3;
 /// Each within this: at most 2.1 s of lease and lifetimes after the last
-/// renewal (`src/vip/lifetime.rs`), about 2.2 s at worst measured; the rest
+/// renewal (`src/vip/lifetime.rs`), 2.12 s at worst in the bench; the rest
 /// is room for a loaded CI box.
 const BOUND: Duration = Duration::from_millis(3500);
 /// A new client attempt this often, none waiting for another: a SYN sent to
