@@ -62,6 +62,7 @@ import errno
 import json
 import math
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -77,6 +78,7 @@ WHOAMI = os.environ["WHOAMI_BIN"]
 ROUNDS = int(os.environ.get("ROUNDS", "20"))
 LEASE_MS = int(os.environ.get("LEASE_MS", "1000"))
 RENEW_MS = os.environ.get("RENEW_MS", "")  # empty: tether's default (lease/3)
+RENEW_S = int(RENEW_MS or LEASE_MS // 3) / 1000
 LINK = os.environ.get("LINK", "up")
 SETTLE = float(os.environ.get("SETTLE", "1"))
 SAMPLE = int(os.environ.get("SAMPLE_MS", "20")) / 1000
@@ -524,7 +526,10 @@ def main():
         running[victim], problems = restart(victim, survivor)
         broken += len(problems)
         print(f"round {rnd:2}/{ROUNDS}  killed {victim}  {line}" + "".join(f"; {p}" for p in problems), flush=True)
-        time.sleep(SETTLE)
+        # Plus a random part of a renewal period: with a fixed rhythm every kill would
+        # fall at the same point of the leader's renewal cycle (the takeover takes the
+        # lease's remaining time after the last renewal, plus 1.1 s).
+        time.sleep(SETTLE + random.uniform(0, RENEW_S))
 
     for h in NODES:
         add_renewals(renewals, h)
