@@ -973,16 +973,17 @@ fn vip_settings_parse_and_are_checked() {
         "store: {{ kind: redis }}\nvip: {{ address: 198.18.0.100/24, interface: eth0, name: node-a }}\n{BASE}"
     );
     let snap = config::parse(file(), &text).unwrap_or_else(|e| panic!("{e}"));
-    let v = snap.vip.expect("vip");
+    let v = snap.vip.clone().expect("vip");
     assert_eq!(v.address.to_string(), "198.18.0.100/24");
     assert_eq!((v.interface.as_str(), v.name.as_str()), ("eth0", "node-a"));
-    assert_eq!(v.lease, Duration::from_secs(2));
+    assert_eq!(v.lease, Duration::from_secs(1));
     assert_eq!(
         v.renew,
-        Duration::from_secs(2) / 3,
+        Duration::from_secs(1) / 3,
         "renew defaults to lease/3"
     );
     assert_eq!((v.priority, v.preempt), (100, false));
+    assert!(snap.warnings().iter().all(|w| !w.contains("vip")));
 
     let v6 = format!("store: {{ kind: redis }}\nvip: {{ address: \"fd00::100/64\", interface: br0, lease: 3s, renew: 1s, priority: 200, preempt: true }}\n{BASE}");
     let v = config::parse(file(), &v6)
@@ -992,6 +993,18 @@ fn vip_settings_parse_and_are_checked() {
     assert_eq!(
         (v.lease, v.renew, v.priority, v.preempt),
         (Duration::from_secs(3), Duration::from_secs(1), 200, true)
+    );
+
+    // A lease that is not whole seconds is valid, but takes over as slowly as
+    // the next whole second (the address's kernel lifetime is whole seconds).
+    let odd = format!("store: {{ kind: redis }}\nvip: {{ address: 198.18.0.100/24, interface: eth0, lease: 1500ms }}\n{BASE}");
+    let w = config::parse(file(), &odd)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .warnings();
+    assert!(
+        w.iter()
+            .any(|w| w.contains("vip.lease 1.5s is not whole seconds") && w.contains("`lease: 2s`")),
+        "{w:?}"
     );
 
     let bad = |vip: &str, store: &str| -> String {

@@ -66,6 +66,9 @@ impl Snapshot {
                 self.admin.listen
             ));
         }
+        if let Some(lease) = self.vip.as_ref().and_then(super::vip::lease_warning) {
+            w.push(format!("{}: {lease}", self.source.display()));
+        }
         w
     }
 }

@@ -103,6 +103,21 @@ pub(crate) fn vip(
     (!bad_if).then_some(v)
 }
 
+/// Said by `tether check` and at start: a lease that is not whole seconds
+/// takes over as slowly as the next whole second (the address's kernel
+/// lifetime is whole seconds, `crate::vip`), with less time for renewals.
+pub(crate) fn lease_warning(v: &Vip) -> Option<String> {
+    let fraction = v.lease.subsec_nanos() > 0;
+    let up = v.lease.as_secs() + u64::from(fraction);
+    fraction.then(|| {
+        format!(
+            "vip.lease {:?} is not whole seconds: the address's kernel lifetime is rounded up to {up} s, \
+             so a takeover takes as long as with `lease: {up}s`, with less time for each renewal",
+            v.lease
+        )
+    })
+}
+
 fn next_host(net: &IpNet) -> std::net::IpAddr {
     match net.hosts().next() {
         Some(h) => h,

@@ -20,6 +20,11 @@ use super::state::Shared;
 use super::{announce, Cmd, ANNOUNCE_GAP, ANNOUNCE_REPEATS, LEASE};
 use crate::store::lease::{Acquire, Leases, Previous, Renew};
 
+/// How long after a lease's expiry, as read, a standby tries to take it:
+/// Redis counts a key as expired only once its millisecond clock is past the
+/// expiry, and that clock may read up to a millisecond behind ours.
+const RETRY_AFTER_EXPIRY: Duration = Duration::from_millis(5);
+
 pub(super) struct Run {
     shared: Arc<Shared>,
     leases: Arc<dyn Leases>,
@@ -197,7 +202,8 @@ impl Run {
             }
             Ok(Acquire::Held { holder, left }) => {
                 let ends = Instant::now() + left;
-                self.seen = Some(self.seen.map_or(ends, |s| s.max(ends)));
+                let seen = self.seen.map_or(ends, |s| s.max(ends));
+                self.seen = Some(seen);
                 let h = Holder::parse(&holder);
                 self.shared
                     .set_holder(h.as_ref().map_or(holder.as_str(), |h| h.name.as_str()));
@@ -206,7 +212,11 @@ impl Run {
                         tracing::warn!(error = %e, "vip: asking for the address");
                     }
                 }
-                next = next.min(Instant::now() + left + Duration::from_millis(5));
+                // Retry just after the latest expiry read so far, not this
+                // read's: an earlier answer that came back late puts its
+                // reading later, and a take answered before `seen` counts as
+                // a lease the store lost (a whole lease more to wait).
+                next = next.min(seen + RETRY_AFTER_EXPIRY);
             }
             Err(e) => tracing::debug!(error = %e, "vip: cannot reach the lease"),
         }

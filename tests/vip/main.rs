@@ -6,7 +6,8 @@
 //!
 //! `owners.rs`: leaders that cannot hand over (killed, stopped) and nodes
 //! that look alike; `handover.rs`: SIGTERM, a cut from Redis, preemption,
-//! the admin API, an upgrade.
+//! the admin API, an upgrade; `takeover.rs`: how fast SIGKILLed leaders are
+//! replaced at a 1 s lease (issue 15).
 //!
 //! The feature tests only use the config text, the admin API (`/api/vip`,
 //! `/api/vip/release`, `/metrics`), the addresses on the interfaces and what a
@@ -21,6 +22,7 @@
 mod common;
 mod handover;
 mod owners;
+mod takeover;
 
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -70,9 +72,20 @@ fn unix_ms() -> u64 {
 /// link, and two listeners bound to the VIP: `web` (HTTP, inserted cookie)
 /// and `tcp` (L4, source IP).
 fn node_yaml(lab: &Lab, node: &str, backends: &[Backend], vip_extra: &str) -> String {
+    node_yaml_timed(lab, node, backends, "lease: 2s, renew: 600ms", vip_extra)
+}
+
+/// `node_yaml` with `timing` (like `"lease: 1s"`) instead of lease 2 s / renew 600 ms.
+fn node_yaml_timed(
+    lab: &Lab,
+    node: &str,
+    backends: &[Backend],
+    timing: &str,
+    vip_extra: &str,
+) -> String {
     format!(
         "admin: {{ listen: \"127.0.0.1:0\" }}\n\
-         vip: {{ address: {VIP}/24, interface: eth0, lease: 2s, renew: 600ms, name: {name}{vip_extra} }}\n\
+         vip: {{ address: {VIP}/24, interface: eth0, {timing}, name: {name}{vip_extra} }}\n\
          store: {{ kind: redis, redis: {{ url: \"{url}\", prefix: tether, command_timeout: 200ms, connect_timeout: 500ms }} }}\n\
          pools:\n  app:\n    backends:\n{list}\
          listeners:\n\
@@ -117,6 +130,17 @@ async fn a_leads_b_stands_by(lab: &Lab) -> (Redis, Vec<Backend>, NodeTether, Nod
     );
     let (a, b) = leader_then_standby(lab, ("a", &ya), ("b", &yb)).await;
     (redis, backends, a, b)
+}
+
+/// Both nodes' logs, for failure messages (`a` and `b` in either order).
+fn both_logs(a: &NodeTether, b: &NodeTether) -> String {
+    format!(
+        "--- {}:\n{}\n--- {}:\n{}",
+        a.host,
+        a.log_text(),
+        b.host,
+        b.log_text()
+    )
 }
 
 /// Poll `GET /api/vip` on `t` until its `holder` is `holder`.

@@ -56,15 +56,6 @@ fn lease_token(redis: &Redis) -> Option<String> {
     value.split(' ').next().map(str::to_owned)
 }
 
-/// How the address moved, for failure messages.
-fn both_logs(a: &NodeTether, b: &NodeTether) -> String {
-    format!(
-        "--- node-a:\n{}\n--- node-b:\n{}",
-        a.log_text(),
-        b.log_text()
-    )
-}
-
 /// A process crash of the leader (SIGKILL, links up, so nothing removes its
 /// copy of the address): the kernel removes that copy once its lifetime
 /// runs out, and only then does the standby add the address. Sampled every
