@@ -6,7 +6,7 @@
 #               and tether on ./proxy.yaml, all stopped on Ctrl-C (scripts/demo.sh)
 CONFIG ?= proxy.yaml
 
-.PHONY: run demo test deps test-deps bench load
+.PHONY: run demo test deps test-deps bench load capacity
 
 # Only what tether itself needs. (`make demo` builds tether with the whoami example,
 # which turns on the features dev-dependencies ask of shared crates: after a demo,
@@ -36,3 +36,8 @@ bench: deps
 
 load: deps
 	benches/load/run.sh
+
+# The capacity model's slopes, its check on a mixed point and the table (docs/capacity.md).
+capacity: deps
+	cargo build --release --bin tether --example whoami
+	python3 benches/capacity/capacity.py

@@ -15,6 +15,13 @@ request = function()
   return wrk.format(nil, nil, { ["X-Device"] = "dev-" .. k })
 end
 
+-- PACE_MS (run.sh): every connection waits that many milliseconds before each request,
+-- so each contender gets the same offered load, below what saturates the client's core.
+local pace = tonumber(os.getenv("PACE_MS") or "")
+if pace and pace > 0 then
+  delay = function() return pace end
+end
+
 -- Same machine-readable line as report.lua.
 done = function(summary, latency, requests)
   local e = summary.errors

@@ -14,6 +14,9 @@
 #                                  rotating over 100,000 values: rotate.lua)
 #   ROUNDS=3 DURATION=5 CONNS=64   rounds, seconds per run, wrk connections
 #   WRK_THREADS=1 WARMUP=1         wrk threads; seconds of unrecorded warm-up per contender
+#   PACE_MS=                       each wrk connection waits this long before each request:
+#                                  the same offered load for every contender, below what
+#                                  saturates CPU1 (e.g. PACE_MS=1 with CONNS=64)
 #   PROXY_CPU=0 LOAD_CPU=1         where the proxy / wrk + backend run
 #   SKIP_TETHER=1                  leave tether out (e.g. while it doesn't build or start)
 #   TETHER_BIN=path                use this binary instead of `cargo build --release`
