@@ -232,9 +232,9 @@ impl<C: Side, U: Side> Tunnel<'_, C, U> {
     }
 
     fn poll_open(&mut self, cx: &mut Context<'_>, now: u64) -> Poll<End> {
-        if let Some(why) = self.p.ctl.poll_closed(cx) {
-            return self.decide(End::Closed(why), now);
-        }
+        // The data first, then tether's decisions: an end a peer already sent
+        // (a crashed backend's FIN or reset, waiting in the socket) is passed on
+        // as it came, not overtaken by a mark-down made after it arrived.
         let up = self
             .up
             .poll(cx, &mut self.client, &mut self.backend, Reading::Open, now);
@@ -247,16 +247,16 @@ impl<C: Side, U: Side> Tunnel<'_, C, U> {
         if let Poll::Ready(Err(f)) = down {
             return Poll::Ready(self.fail(Peer::Backend, f));
         }
-        match (up.is_ready(), down.is_ready()) {
-            (true, true) => Poll::Ready(End::Done),
-            (false, false) => Poll::Pending,
-            _ => {
-                if self.half_since == 0 {
-                    self.half_since = now;
-                }
-                Poll::Pending
-            }
+        if up.is_ready() && down.is_ready() {
+            return Poll::Ready(End::Done);
         }
+        if let Some(why) = self.p.ctl.poll_closed(cx) {
+            return self.decide(End::Closed(why), now);
+        }
+        if (up.is_ready() || down.is_ready()) && self.half_since == 0 {
+            self.half_since = now;
+        }
+        Poll::Pending
     }
 
     /// A side failed: pass a reset on as a reset, anything else as a close.
@@ -425,3 +425,6 @@ impl<C: Side, U: Side> Tunnel<'_, C, U> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
