@@ -29,6 +29,7 @@ IDLE_S=3 RECONNECT_N=3000 CHECK_WS=3000 CHECK_TCP=2000 CHECK_SESSIONS=60000 SKIP
 PROXY_CPU=0 LOAD_CPU=1 TETHER_BIN KEEP_TMP=1 OUT (slopes JSON, default capacity-slopes.json
 in the current directory).
 """
+import atexit
 import json
 import os
 import re
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from statistics import median
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "load"))
@@ -193,12 +195,11 @@ def measure_sessions(box, redis_port=None):
         print(f"  {'redis' if redis_port else 'embedded'}: {n:.0f} sessions  RSS {rss[-1][1]} KB"
               + (f"  redis used_memory {rmem[-1][1]} B" if redis_port else f"  files {disk[-1][1]} B"), flush=True)
     box.stop(p)
-    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
-    out = dict(rss_B=T.slope(rss) * 1024, us_new_session=med(cpu))
+    out = dict(rss_B=T.slope(rss) * 1024, us_new_session=median(cpu))
     if redis_port:
         box.stop(peer)
         out["redis_B"] = T.slope(rmem)
-        out["us_event"] = med(heard)
+        out["us_event"] = median(heard)
     else:
         out["disk_B"] = T.slope(disk)
     return out
@@ -252,8 +253,7 @@ def measure_cpu(box):
         print(f"  cpu: {req[-1]:.2f} us/request  {conn[-1]:.1f} us/connection  {hs[-1]:.0f} us/handshake", flush=True)
     base = S.rss_kb(pids)
     box.stop(p)
-    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
-    return dict(us_req=med(req), us_conn=med(conn), us_hs=med(hs)), base
+    return dict(us_req=median(req), us_conn=median(conn), us_hs=median(hs)), base
 
 
 def measure_reconnect():
@@ -328,7 +328,6 @@ def main():
     if hard < 2 * most + 500:
         S.die(f"the open-files limit ({hard}) cannot hold {most} proxied connections: lower CONN_STEPS/CHECK_*")
     S.TMP = tempfile.mkdtemp(prefix="tether-capacity.")
-    import atexit
     atexit.register(S.cleanup)
     signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
