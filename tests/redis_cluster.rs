@@ -10,27 +10,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis_ha::{
-    cli, cli_with, new_session, owner_via, subscribed_on, Cluster, Made, Traffic,
-};
-use common::{backend_yaml, backends, wait_state, whoami, Client, Tether};
+use common::redis_ha::{cli, cli_with, subscribed_on, Cluster, Traffic};
+use common::shared_store::{all_agree, metrics, sessions, wait_store_up, yaml};
+use common::{backends, wait_state, Client, Tether};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn yaml(b: &[whoami::Running], seeds: &str) -> String {
-    format!(
-        "admin: {{ listen: \"127.0.0.1:0\" }}\n\
-         store: {{ kind: redis, redis: {{ cluster: {{ nodes: {seeds} }}, prefix: t, command_timeout: 200ms, connect_timeout: 500ms }} }}\n\
-         pools:\n  app:\n    health: {{ kind: tcp, interval: 30s, timeout: 500ms, rise: 1, fall: 100 }}\n    backends:\n{}\
-         listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n    pool: app\n    \
-         affinity: {{ key: {{ cookie: {{ name: TETHER, insert: true, max_age: 8h }} }} }}\n",
-        backend_yaml(b)
-    )
-}
-
-fn redis_key(cookie: &str) -> String {
-    format!("t:s:app:{}", &cookie[..22])
-}
 
 /// How many slots the node `id` serves (`CLUSTER NODES`: `a-b` ranges and single slots).
 fn slots(c: &Cluster, id: &str) -> usize {
@@ -48,79 +32,15 @@ fn slots(c: &Cluster, id: &str) -> usize {
         .sum()
 }
 
-async fn metrics(t: &Tether) -> String {
-    Client::new(t.admin)
-        .get("/metrics", &[])
-        .await
-        .unwrap()
-        .text()
-}
-
-async fn wait_store_up(t: &Tether, limit: Duration) {
-    let t0 = Instant::now();
-    while !metrics(t)
-        .await
-        .contains("tether_store_up{store=\"redis\"} 1")
-    {
-        assert!(
-            t0.elapsed() < limit,
-            "store not up within {limit:?}:\n{}",
-            t.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `n` sessions, made through the two instances in turn, each confirmed by
-/// its cookie coming back through the other (only then is it written to Redis).
-async fn sessions(a: &Tether, b: &Tether, n: usize) -> Vec<Made> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        let (t, other) = if i % 2 == 0 { (a, b) } else { (b, a) };
-        let m = new_session(t.addr("web")).await.expect("new session");
-        let owner = owner_via(other.addr("web"), &m.cookie).await;
-        assert_eq!(
-            owner.as_deref(),
-            Ok(m.owner.as_str()),
-            "the other instance agrees"
-        );
-        out.push(m);
-    }
-    out
-}
-
-/// Both instances route every session to its owner, and it is in the cluster
-/// with that owner (waiting up to `limit` for write-backs).
-async fn all_agree(c: &Cluster, a: &Tether, b: &Tether, list: &[Made], limit: Duration) {
-    let t0 = Instant::now();
-    for m in list {
-        for t in [a, b] {
-            let owner = owner_via(t.addr("web"), &m.cookie).await;
-            assert_eq!(owner.as_deref(), Ok(m.owner.as_str()), "{}", m.cookie);
-        }
-        loop {
-            let stored = c.get(&redis_key(&m.cookie));
-            if stored.contains(&format!("\"backend\":\"{}\"", m.owner)) {
-                break;
-            }
-            assert!(
-                t0.elapsed() < limit,
-                "session {} (made {:?} ago) not in the cluster with owner {}: `{stored}`",
-                m.cookie,
-                m.at.elapsed(),
-                m.owner
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_spread_over_every_master_and_a_reshard_fails_no_request() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start();
     let b = backends(3).await;
-    let cfg = yaml(&b, &cluster.seeds_yaml());
+    let cfg = yaml(
+        &b,
+        &format!("cluster: {{ nodes: {} }}", cluster.seeds_yaml()),
+    );
     let (a, bb) = (Tether::start(&cfg), Tether::start(&cfg));
     let made = sessions(&a, &bb, 300).await;
     let masters = cluster.masters();
@@ -133,7 +53,10 @@ async fn sessions_spread_over_every_master_and_a_reshard_fails_no_request() {
             a.log_text()
         );
     }
-    all_agree(&cluster, &a, &bb, &made, Duration::from_secs(5)).await;
+    all_agree(&a, &bb, &made, Duration::from_secs(5), |key| {
+        cluster.get(key)
+    })
+    .await;
 
     // Move 3000 slots (and their keys) from the first master to the second
     // while both instances serve known and new sessions.
@@ -176,7 +99,10 @@ async fn sessions_spread_over_every_master_and_a_reshard_fails_no_request() {
     assert!(ok > 200, "traffic flowed: {ok}");
     // The receiving master serves 3000 more slots.
     assert_eq!(slots(&cluster, &to_id), before + 3000);
-    all_agree(&cluster, &a, &bb, &made, Duration::from_secs(5)).await;
+    all_agree(&a, &bb, &made, Duration::from_secs(5), |key| {
+        cluster.get(key)
+    })
+    .await;
     // Redirections were followed by the client: the store never fell back to
     // its outage mode (nothing was queued).
     for t in [&a, &bb] {
@@ -200,7 +126,10 @@ async fn two_masters_killed_in_turn_fail_no_request_and_lose_no_session() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let mut cluster = Cluster::start();
     let b = backends(3).await;
-    let cfg = yaml(&b, &cluster.seeds_yaml());
+    let cfg = yaml(
+        &b,
+        &format!("cluster: {{ nodes: {} }}", cluster.seeds_yaml()),
+    );
     let (a, bb) = (Tether::start(&cfg), Tether::start(&cfg));
     let made = sessions(&a, &bb, 150).await;
     let original: Vec<u16> = cluster.masters().iter().map(|m| m.1).collect();
@@ -248,7 +177,10 @@ async fn two_masters_killed_in_turn_fail_no_request_and_lose_no_session() {
     assert!(ok > 200, "traffic flowed: {ok}");
     // Nothing lost (sessions made during an outage are written back), and
     // both instances route every session to the same owner.
-    all_agree(&cluster, &a, &bb, &made, Duration::from_secs(10)).await;
+    all_agree(&a, &bb, &made, Duration::from_secs(10), |key| {
+        cluster.get(key)
+    })
+    .await;
     // Events flow again: a drain through either instance reaches the other.
     for (from, to) in [(&a, &bb), (&bb, &a)] {
         let r = Client::new(from.admin)

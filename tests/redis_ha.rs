@@ -10,90 +10,9 @@ mod tls;
 
 use std::time::{Duration, Instant};
 
-use common::redis_ha::{
-    cli, new_session, owner_via, Made, Sentinels, TlsRedis, Traffic, SENTINEL_DOWN_AFTER_MS,
-};
-use common::{backend_yaml, backends, whoami, Client, Tether};
-
-fn yaml(b: &[whoami::Running], redis: &str) -> String {
-    format!(
-        "admin: {{ listen: \"127.0.0.1:0\" }}\n\
-         store: {{ kind: redis, redis: {{ {redis}, prefix: t, command_timeout: 200ms, connect_timeout: 500ms }} }}\n\
-         pools:\n  app:\n    health: {{ kind: tcp, interval: 30s, timeout: 500ms, rise: 1, fall: 100 }}\n    backends:\n{}\
-         listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n    pool: app\n    \
-         affinity: {{ key: {{ cookie: {{ name: TETHER, insert: true, max_age: 8h }} }} }}\n",
-        backend_yaml(b)
-    )
-}
-
-fn redis_key(cookie: &str) -> String {
-    format!("t:s:app:{}", &cookie[..22])
-}
-
-async fn store_up(t: &Tether) -> bool {
-    let m = Client::new(t.admin)
-        .get("/metrics", &[])
-        .await
-        .unwrap()
-        .text();
-    m.contains("tether_store_up{store=\"redis\"} 1")
-}
-
-async fn wait_store_up(t: &Tether, limit: Duration) {
-    let t0 = Instant::now();
-    while !store_up(t).await {
-        assert!(
-            t0.elapsed() < limit,
-            "store not up within {limit:?}:\n{}",
-            t.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// `n` sessions made through the two instances in turn, each confirmed by
-/// its cookie coming back through the other (only then is it in Redis).
-async fn sessions(a: &Tether, b: &Tether, n: usize) -> Vec<Made> {
-    let mut out = Vec::new();
-    for i in 0..n {
-        let (t, other) = if i % 2 == 0 { (a, b) } else { (b, a) };
-        let m = new_session(t.addr("web")).await.expect("new session");
-        let owner = owner_via(other.addr("web"), &m.cookie).await;
-        assert_eq!(
-            owner.as_deref(),
-            Ok(m.owner.as_str()),
-            "the other instance agrees"
-        );
-        out.push(m);
-    }
-    out
-}
-
-/// Both instances route every session to its owner, and `stored(key)` (what
-/// Redis holds) names that owner within `limit` (write-backs).
-async fn all_agree(a: &Tether, b: &Tether, list: &[Made], stored: impl Fn(&str) -> String) {
-    let t0 = Instant::now();
-    for m in list {
-        for t in [a, b] {
-            let owner = owner_via(t.addr("web"), &m.cookie).await;
-            assert_eq!(owner.as_deref(), Ok(m.owner.as_str()), "{}", m.cookie);
-        }
-        loop {
-            let value = stored(&redis_key(&m.cookie));
-            if value.contains(&format!("\"backend\":\"{}\"", m.owner)) {
-                break;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "session {} (made {:?} ago) not in Redis with owner {}: `{value}`",
-                m.cookie,
-                m.at.elapsed(),
-                m.owner
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
+use common::redis_ha::{cli, Sentinels, TlsRedis, Traffic, SENTINEL_DOWN_AFTER_MS};
+use common::shared_store::{all_agree, sessions, store_up, wait_store_up, yaml};
+use common::{backends, Tether};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_failover_is_followed_without_a_failed_request() {
@@ -142,7 +61,10 @@ async fn a_sentinel_failover_is_followed_without_a_failed_request() {
         "requests failed during the failover: {failed:?}"
     );
     assert!(ok > 100, "traffic flowed: {ok}");
-    all_agree(&a, &bb, &made, |key| cli(replica, &["GET", key])).await;
+    all_agree(&a, &bb, &made, Duration::from_secs(10), |key| {
+        cli(replica, &["GET", key])
+    })
+    .await;
 }
 
 /// Start tether on `yaml` expecting it to exit: (exit code, stderr).
@@ -192,7 +114,10 @@ async fn the_shared_store_works_over_tls_with_the_configured_ca() {
     let cfg = yaml(&b, &format!("{url}, ca: \"{}\"", r.ca.display()));
     let (a, bb) = (Tether::start(&cfg), Tether::start(&cfg));
     let made = sessions(&a, &bb, 60).await;
-    all_agree(&a, &bb, &made, |key| r.cli(&["GET", key])).await;
+    all_agree(&a, &bb, &made, Duration::from_secs(10), |key| {
+        r.cli(&["GET", key])
+    })
+    .await;
 
     // Redis dies under traffic and comes back empty: nothing fails, everything is written back.
     let traffic = Traffic::start([a.addr("web"), bb.addr("web")], made, 5);
@@ -213,7 +138,10 @@ async fn the_shared_store_works_over_tls_with_the_configured_ca() {
         "requests failed during the outage: {failed:?}"
     );
     assert!(ok > 100, "traffic flowed: {ok}");
-    all_agree(&a, &bb, &made, |key| r.cli(&["GET", key])).await;
+    all_agree(&a, &bb, &made, Duration::from_secs(10), |key| {
+        r.cli(&["GET", key])
+    })
+    .await;
     assert!(
         r.cli(&["EXISTS", "t:secret"]).contains('1'),
         "the secret is written back"

@@ -4,42 +4,12 @@ the inserted cookie, and the name a failed exchange is counted under."""
 import asyncio
 import os
 import re
+import sys
 
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "load"))
+from reload_client import WS_GUID, ws_frame, ws_read_frame  # noqa: E402,F401  (one framing for both harnesses)
+
 COOKIE_RE = re.compile(r"(?:^|[\s,])TETHER=([^;,\s]+)")
-
-
-def ws_frame(opcode, payload, mask=True):
-    n = len(payload)
-    hdr = bytearray([0x80 | opcode])
-    mbit = 0x80 if mask else 0
-    if n < 126:
-        hdr.append(mbit | n)
-    elif n < 65536:
-        hdr.append(mbit | 126)
-        hdr += n.to_bytes(2, "big")
-    else:
-        hdr.append(mbit | 127)
-        hdr += n.to_bytes(8, "big")
-    if mask:
-        key = os.urandom(4)
-        hdr += key
-        payload = bytes(b ^ key[i & 3] for i, b in enumerate(payload))
-    return bytes(hdr) + payload
-
-
-async def ws_read_frame(reader):
-    b0, b1 = await reader.readexactly(2)
-    n = b1 & 0x7F
-    if n == 126:
-        n = int.from_bytes(await reader.readexactly(2), "big")
-    elif n == 127:
-        n = int.from_bytes(await reader.readexactly(8), "big")
-    key = await reader.readexactly(4) if b1 & 0x80 else None
-    data = await reader.readexactly(n) if n else b""
-    if key:
-        data = bytes(b ^ key[i & 3] for i, b in enumerate(data))
-    return bool(b0 & 0x80), b0 & 0x0F, data
 
 
 async def ws_read_message(reader, writer):

@@ -61,7 +61,7 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 # ---------------------------------------------------------------- WebSocket framing
-def ws_frame(opcode, payload, mask):
+def ws_frame(opcode, payload, mask=True):
     """One FIN frame; masked with a random key when sent by a client (RFC 6455 5.3)."""
     n = len(payload)
     hdr = bytearray([0x80 | opcode])

@@ -12,6 +12,7 @@ pub mod netns;
 pub mod rawws;
 pub mod redis;
 pub mod redis_ha;
+pub mod shared_store;
 pub mod tcp;
 pub mod ws;
 
