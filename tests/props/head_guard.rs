@@ -20,33 +20,24 @@ use proptest::prelude::*;
 use tether::l7::conn::{ConnInfo, ConnStream, HeaderLimits};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use crate::{bound, gen, peak};
+use crate::{bound, gen, peak, Chopped};
 
 const RESP_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
 /// A client: its bytes in reads of the given sizes, then EOF; what the
 /// guard writes back is kept. Reads never wait, so no deadline fires.
 struct Peer {
-    data: Arc<Vec<u8>>,
-    at: usize,
-    sizes: Vec<usize>,
-    turn: usize,
+    reads: Chopped,
     written: Arc<Mutex<Vec<u8>>>,
 }
 
 impl AsyncRead for Peer {
     fn poll_read(
         self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        let want = me.sizes[me.turn % me.sizes.len()];
-        me.turn += 1;
-        let n = want.min(me.data.len() - me.at).min(buf.remaining());
-        buf.put_slice(&me.data[me.at..me.at + n]);
-        me.at += n;
-        Poll::Ready(Ok(()))
+        Pin::new(&mut self.get_mut().reads).poll_read(cx, buf)
     }
 }
 
@@ -172,10 +163,7 @@ fn drive(
 ) -> (Vec<u8>, Vec<u8>, Option<io::ErrorKind>, usize) {
     let written = Arc::new(Mutex::new(Vec::with_capacity(256)));
     let peer = Peer {
-        data: data.clone(),
-        at: 0,
-        sizes,
-        turn: 0,
+        reads: Chopped::new(data.clone(), sizes),
         written: written.clone(),
     };
     let stream: Stream = Box::new(peer);

@@ -17,8 +17,13 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use proptest::test_runner::Config;
+use tokio::io::{AsyncRead, ReadBuf};
 
 mod chunked;
 mod config;
@@ -182,4 +187,40 @@ fn the_allocator_counts_this_thread_only() {
     let mut v: Vec<u8> = Vec::with_capacity(1000);
     let (_, p) = peak(|| v.reserve_exact(50_000));
     assert_eq!(p, 49_000, "realloc counted as its growth");
+}
+
+/// A peer's bytes in reads of the given sizes (in turn, cycled), then EOF.
+/// Reads never wait, so no deadline of the reader's ever fires.
+pub struct Chopped {
+    data: Arc<Vec<u8>>,
+    at: usize,
+    sizes: Vec<usize>,
+    turn: usize,
+}
+
+impl Chopped {
+    pub fn new(data: Arc<Vec<u8>>, sizes: Vec<usize>) -> Chopped {
+        Chopped {
+            data,
+            at: 0,
+            sizes,
+            turn: 0,
+        }
+    }
+}
+
+impl AsyncRead for Chopped {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let want = me.sizes[me.turn % me.sizes.len()];
+        me.turn += 1;
+        let n = want.min(me.data.len() - me.at).min(buf.remaining());
+        buf.put_slice(&me.data[me.at..me.at + n]);
+        me.at += n;
+        Poll::Ready(Ok(()))
+    }
 }

@@ -3,18 +3,15 @@
 //! `max_bytes`. Inputs: hello lines the patterns expect, random bytes, and
 //! mutations of both, arriving in reads of random sizes.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
 use regex::bytes::Regex;
 use tether::config::{Key, PrefixKey};
 use tether::l4::opening;
-use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::{bound, gen, peak};
+use crate::{bound, gen, peak, Chopped};
 
 /// Patterns like the documented ones: anchored, the id ended by a byte its
 /// class excludes (so the id cannot grow with later bytes), plus one that is
@@ -28,31 +25,6 @@ const PATTERNS: &[(&str, bool)] = &[
     ),
     (r"dev(?:ice)?=([a-zA-Z0-9_-]*)", false),
 ];
-
-/// A peer's bytes in reads of the given sizes, then EOF: reads never
-/// wait, so the reader's deadline never matters.
-struct Reads {
-    data: Vec<u8>,
-    at: usize,
-    sizes: Vec<usize>,
-    turn: usize,
-}
-
-impl AsyncRead for Reads {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        let want = me.sizes[me.turn % me.sizes.len()];
-        me.turn += 1;
-        let n = want.min(me.data.len() - me.at).min(buf.remaining());
-        buf.put_slice(&me.data[me.at..me.at + n]);
-        me.at += n;
-        Poll::Ready(Ok(()))
-    }
-}
 
 /// Bytes a device might open with, for pattern `which`.
 fn opening_bytes(which: usize) -> BoxedStrategy<Vec<u8>> {
@@ -104,7 +76,7 @@ proptest! {
         let _ = re.captures(&data);
         let key = prefix_key(&re, max);
         let read = |sizes: Vec<usize>| {
-            let mut peer = Reads { data: data.clone(), at: 0, sizes, turn: 0 };
+            let mut peer = Chopped::new(Arc::new(data.clone()), sizes);
             let (got, used) = peak(|| {
                 rt.block_on(opening::read(&mut peer, &key, Duration::from_secs(1)))
                     .expect("in-memory reads do not fail")
