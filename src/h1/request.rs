@@ -351,7 +351,8 @@ fn strip_prefix_ci<'a>(s: &'a [u8], p: &[u8]) -> Option<&'a [u8]> {
     (s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p)).then(|| &s[p.len()..])
 }
 
-fn trim(v: &[u8]) -> &[u8] {
+/// `v` without the optional whitespace (SP, HTAB) around a field value or list item.
+pub(crate) fn trim(v: &[u8]) -> &[u8] {
     let start = v
         .iter()
         .position(|b| !matches!(b, b' ' | b'\t'))

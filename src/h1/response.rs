@@ -128,7 +128,7 @@ impl Head {
         let mut last_coding: Option<&[u8]> = None;
         for v in te {
             for coding in v.split(|&b| b == b',') {
-                let c = trim(coding);
+                let c = coding.trim_ascii();
                 if !c.is_empty() {
                     last_coding = Some(c);
                 }
@@ -158,7 +158,7 @@ impl Head {
 
 /// A `Content-Length` value: digits only (no sign, no list, no spaces inside).
 pub fn parse_length(v: &[u8]) -> Result<u64, HeadError> {
-    let v = trim(v);
+    let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return Err(HeadError::BadLength);
     }
@@ -167,18 +167,6 @@ pub fn parse_length(v: &[u8]) -> Result<u64, HeadError> {
             n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
         })
         .ok_or(HeadError::BadLength)
-}
-
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &v[start..end]
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::super::listener::ListenerRt;
-use crate::h1::request::{absolute_authority, Request, Span};
+use crate::h1::request::{absolute_authority, trim, Request, Span};
 use crate::h1::response::Head;
 use crate::store::MoveReason;
 
@@ -61,18 +61,6 @@ fn connection_tokens<'b>(buf: &'b [u8], req: &'b Request) -> impl Iterator<Item 
         .filter(move |(n, _)| eq(at(buf, n), "connection"))
         .flat_map(move |(_, v)| at(buf, v).split(|&b| b == b','))
         .map(trim)
-}
-
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(start, |e| e + 1);
-    &v[start..end]
 }
 
 /// The client's address: the peer, or the first untrusted hop of
