@@ -161,7 +161,7 @@ def error_kind(e):
         return "reset"
     if isinstance(e, asyncio.IncompleteReadError):
         return "eof"
-    if isinstance(e, (asyncio.LimitOverrunError, ValueError, UnicodeError)):
+    if isinstance(e, (asyncio.LimitOverrunError, ValueError, UnicodeError, IndexError)):
         return "bad_response"
     if isinstance(e, OSError):
         return f"oserror_{e.errno}"
